@@ -1,0 +1,227 @@
+"""Load manager (GC) of one sede: the request processes' only contact.
+
+On its ROUTER socket (``bind``) it takes requests from PS (REQ) and answers::
+
+    -> {"op": "DEVOLUCION", "idSolicitud": "S1-7", ..., "idempotencyKey": "k7"}
+    <- {"ok": true, "status": "accepted", "msg": "the library is receiving the book",
+        "idSolicitud": "S1-7"}
+    -> {"op": "RENOVACION", ...}
+    <- {"ok": true, "status": "accepted", "nuevaFechaEntrega": "2026-12-11", ...}
+    -> {"op": "PRESTAMO", ...}          (forwarded to the loan actor, answered when applied)
+    <- {"ok": true, "status": "granted", "fechaEntrega": "2026-12-18", ...}
+    -> not JSON / unknown op / missing field
+    <- {"ok": false, "status": "invalid", "error": "missing field(s): idLibro"}
+    -> {"type": "status"}
+    <- {"ok": true, "sede": 1, "accepted": 120, "pending": 3, "answered": 180, ...}
+
+Returns and renewals are stored in the outbox before the answer, then published
+on the PUB socket (``publish``) as two frames, topic and JSON; a renewal carries
+``fechaActual`` and ``nuevaFechaEntrega``. Actors confirm applied keys on the
+PULL socket (``confirm``) as ``{"confirm": ["k7", ...]}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import zmq
+
+from app import config, outbox, protocol
+from app import log as logsetup
+
+log = logging.getLogger("gc")
+
+MAX_DRAIN = 512  # requests taken from the socket before their outbox commit
+RESEND_SCAN = 0.25  # seconds between passes over unconfirmed outbox entries
+PUB_HWM = 200_000  # messages queued per subscriber before ZeroMQ would drop
+
+
+class LoadManager:
+    def __init__(self, args) -> None:
+        self.sede = int(args.sede)
+        self.sede_name = f"SEDE{self.sede}"
+        os.makedirs(args.state_dir, exist_ok=True)
+        self.outbox = outbox.Outbox(os.path.join(args.state_dir, f"outbox-sede{self.sede}.db"))
+        self.context = zmq.Context()
+        self.requests = self._socket(zmq.ROUTER, bind=args.bind)
+        self.publisher = self._socket(zmq.PUB, bind=args.publish)
+        self.publisher.setsockopt(zmq.SNDHWM, PUB_HWM)
+        self.confirms = self._socket(zmq.PULL, bind=args.confirm)
+        self.confirms.setsockopt(zmq.RCVHWM, 0)
+        self.loans = self._socket(zmq.DEALER, connect=args.loan_actor)
+        self.counts = {"accepted": 0, "answered": 0, "invalid": 0, "repeats": 0,
+                       "loans_forwarded": 0, "confirmed": 0, "republished": 0}
+        self.running = True
+        log.info("GC sede %d: requests %s, publish %s, confirm %s, loan actor %s, "
+                 "%d unconfirmed in outbox", self.sede, args.bind, args.publish, args.confirm,
+                 args.loan_actor, self.outbox.pending())
+
+    def _socket(self, kind: int, bind: str = "", connect: str = "") -> zmq.Socket:
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if bind:
+            sock.bind(bind)
+        if connect:
+            sock.connect(connect)
+        return sock
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.requests, self.loans, self.confirms):
+            poller.register(sock, zmq.POLLIN)
+        next_scan = 0.0
+        while self.running:
+            events = dict(poller.poll(RESEND_SCAN * 1000))
+            if self.confirms in events:
+                self._take_confirmations()
+            if self.loans in events:
+                self._relay_loan_answers()
+            if self.requests in events:
+                self._take_requests()
+            if time.monotonic() >= next_scan:
+                due = self.outbox.due()
+                self._publish(due)
+                self.counts["republished"] += len(due)
+                next_scan = time.monotonic() + RESEND_SCAN
+
+    def _take_requests(self) -> None:
+        to_store: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+        waiting: list[tuple[list[bytes], dict[str, Any]]] = []
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = self.requests.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            envelope, body = frames[:-1], frames[-1]
+            try:
+                request = protocol.decode(body)
+                if request.get("type") == "status" and "op" not in request:
+                    self._send(envelope, self.status())
+                    continue
+                protocol.validate(request)
+            except protocol.InvalidRequest as exc:
+                self._refuse_invalid(envelope, body, exc)
+                continue
+            label = protocol.request_label(request)
+            if request["op"] == protocol.LOAN:
+                log.debug("loan %s forwarded to the loan actor", label)
+                self.loans.send_multipart([*envelope, body])
+                self.counts["loans_forwarded"] += 1
+                continue
+            earlier = self.outbox.answer_for(request["idempotencyKey"]) or next(
+                (a for k, _, _, a in to_store if k == request["idempotencyKey"]), None)
+            if earlier is not None:
+                log.info("repeat %s %s: answering as before", request["op"], label)
+                self.counts["repeats"] += 1
+                waiting.append((envelope, {**earlier, "repeat": True}))
+                continue
+            payload, answer = self._accept(request)
+            to_store.append((request["idempotencyKey"], request["op"], payload, answer))
+            waiting.append((envelope, answer))
+        if to_store:
+            self._publish(self.outbox.accept(to_store))
+            self.counts["accepted"] += len(to_store)
+        for envelope, answer in waiting:
+            self._send(envelope, answer)
+
+    def _accept(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The message to publish and the answer for the PS."""
+        answer = {"ok": True, "status": "accepted", "idSolicitud": request["idSolicitud"],
+                  "op": request["op"]}
+        payload = dict(request)
+        if request["op"] == protocol.RENEWAL:
+            today = protocol.today()
+            new_due = (today + dt.timedelta(days=protocol.RENEWAL_DAYS)).isoformat()
+            payload["fechaActual"] = today.isoformat()
+            payload["nuevaFechaEntrega"] = new_due
+            answer["nuevaFechaEntrega"] = new_due
+            answer["msg"] = f"renewal received; new due date {new_due}"
+        else:
+            answer["msg"] = "the library is receiving the book"
+        log.info("accepted %s %s", request["op"], protocol.request_label(request))
+        return payload, answer
+
+    def _refuse_invalid(self, envelope: list[bytes], body: bytes,
+                        exc: protocol.InvalidRequest) -> None:
+        self.counts["invalid"] += 1
+        request_id = "-"
+        try:
+            request_id = str(protocol.decode(body).get("idSolicitud", "-"))
+        except protocol.InvalidRequest:
+            pass
+        log.warning("invalid request req=%s: %s", request_id, exc)
+        self._send(envelope, {"ok": False, "status": "invalid", "error": str(exc),
+                              "idSolicitud": request_id})
+
+    def _publish(self, entries: list[tuple[str, str, str]]) -> None:
+        for _, topic, payload in entries:
+            self.publisher.send_multipart([topic.encode(), payload.encode()])
+
+    def _relay_loan_answers(self) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                frames = self.loans.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.requests.send_multipart(frames)
+            self.counts["answered"] += 1
+
+    def _take_confirmations(self) -> None:
+        for _ in range(MAX_DRAIN):
+            try:
+                message = protocol.decode(self.confirms.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except protocol.InvalidRequest as exc:
+                log.warning("bad confirmation: %s", exc)
+                continue
+            keys = [k for k in message.get("confirm", []) if isinstance(k, str)]
+            self.counts["confirmed"] += self.outbox.confirm(keys)
+
+    def _send(self, envelope: list[bytes], answer: dict[str, Any]) -> None:
+        self.requests.send_multipart([*envelope, protocol.encode(answer)])
+        self.counts["answered"] += 1
+
+    def status(self) -> dict[str, Any]:
+        return {"ok": True, "sede": self.sede, "pending": self.outbox.pending(), **self.counts}
+
+    def close(self) -> None:
+        for sock in (self.requests, self.publisher, self.confirms, self.loans):
+            sock.close(linger=0)
+        self.context.term()
+        self.outbox.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = config.parser("Load manager (GC) of one sede")
+    p.add_argument("--sede", type=int, choices=(1, 2), default=1)
+    p.add_argument("--bind", default="tcp://0.0.0.0:5555", help="ROUTER for PS requests")
+    p.add_argument("--publish", default="tcp://0.0.0.0:5560", help="PUB for actors")
+    p.add_argument("--confirm", default="tcp://0.0.0.0:5561", help="PULL for confirmations")
+    p.add_argument("--loan_actor", default="tcp://127.0.0.1:5580")
+    p.add_argument("--state_dir", default=".", help="folder of the outbox database")
+    args = config.parse(p, argv)
+    logsetup.configure(args.log_level)
+    manager = LoadManager(args)
+
+    def stop(signum, frame):
+        manager.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        manager.serve()
+    finally:
+        manager.close()
+        log.info("GC sede %d stopped: %s", manager.sede, manager.counts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The GC's outbox: accepted returns and renewals, kept until an actor confirms.
+
+Every accepted request is written here (and committed) before the PS gets its
+answer, so a GC that dies after answering still holds it. Entries are published
+and published again every RESEND_AFTER until the actor confirms the operation is
+applied on the storage side; at most WINDOW entries are in flight at once, so
+the PUB socket's queue never overflows. Keys stay after confirmation, so a
+repeated request gets its first answer back, marked as a repeat.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from typing import Any, Iterable
+
+RESEND_AFTER = 3.0  # seconds without confirmation before an entry is published again
+WINDOW = 20000  # entries published and not yet confirmed, at most
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    key TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    answer TEXT NOT NULL,
+    accepted_at REAL NOT NULL,
+    confirmed_at REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (confirmed_at) WHERE confirmed_at IS NULL;
+"""
+
+
+class Outbox:
+    def __init__(self, path: str) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        # Everything unconfirmed from an earlier life is due for publishing now.
+        self.open: dict[str, list[Any]] = {
+            key: [topic, payload, 0.0] for key, topic, payload in self.db.execute(
+                "SELECT key, topic, payload FROM outbox WHERE confirmed_at IS NULL")}
+
+    def answer_for(self, key: str) -> dict[str, Any] | None:
+        """The answer already given for this key, if any."""
+        row = self.db.execute("SELECT answer FROM outbox WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def accept(self, entries: list[tuple[str, str, dict[str, Any], dict[str, Any]]]
+               ) -> list[tuple[str, str, str]]:
+        """Store (key, topic, payload, answer) rows in one committed transaction.
+
+        Returns the entries to publish at once (all of them while the window has
+        room; the rest wait for ``due``).
+        """
+        now = time.time()
+        rows = [(k, t, json.dumps(p), json.dumps(a), now) for k, t, p, a in entries]
+        self.db.execute("BEGIN")
+        self.db.executemany(
+            "INSERT OR IGNORE INTO outbox (key, topic, payload, answer, accepted_at)"
+            " VALUES (?, ?, ?, ?, ?)", rows)
+        self.db.execute("COMMIT")
+        send_now = len(self.open) < WINDOW
+        sent_at = time.monotonic() if send_now else 0.0
+        publish = []
+        for key, topic, payload, _, _ in rows:
+            if key not in self.open:
+                self.open[key] = [topic, payload, sent_at]
+                if send_now:
+                    publish.append((key, topic, payload))
+        return publish
+
+    def confirm(self, keys: Iterable[str]) -> int:
+        """Mark keys applied; returns how many were still open."""
+        now = time.time()
+        done = [k for k in keys if self.open.pop(k, None) is not None]
+        if done:
+            self.db.execute("BEGIN")
+            self.db.executemany("UPDATE outbox SET confirmed_at = ? WHERE key = ?",
+                                [(now, k) for k in done])
+            self.db.execute("COMMIT")
+        return len(done)
+
+    def due(self) -> list[tuple[str, str, str]]:
+        """Entries to publish now: never sent, or unconfirmed for RESEND_AFTER."""
+        now = time.monotonic()
+        in_flight = sum(1 for e in self.open.values() if now - e[2] < RESEND_AFTER)
+        budget = WINDOW - in_flight
+        batch = []
+        for key, entry in self.open.items():
+            if budget <= 0:
+                break
+            if now - entry[2] >= RESEND_AFTER:
+                entry[2] = now
+                batch.append((key, entry[0], entry[1]))
+                budget -= 1
+        return batch
+
+    def pending(self) -> int:
+        return len(self.open)
+
+    def close(self) -> None:
+        self.db.close()

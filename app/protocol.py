@@ -1,0 +1,103 @@
+"""The request contract shared by every component, and its validation.
+
+A request travels as one JSON object in one ZeroMQ frame::
+
+    {"op": "PRESTAMO", "idSolicitud": "S1-0001", "idUsuario": "U0042",
+     "idLibro": "L0007", "sede": "SEDE1", "timestamp": "2026-12-04T15:00:00Z",
+     "idempotencyKey": "PRESTAMO:S1-0001:L0007"}
+
+Every answer carries ``ok``; a refusal or an invalid request also carries
+``error``; an answer to a request already seen carries ``repeat: true``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from typing import Any
+
+MAX_MESSAGE_BYTES = 16 * 1024  # larger frames are refused without parsing
+
+LOAN = "PRESTAMO"
+RETURN = "DEVOLUCION"
+RENEWAL = "RENOVACION"
+OPERATIONS = (LOAN, RETURN, RENEWAL)
+PUBLISHED = (RETURN, RENEWAL)  # answered at once by the GC, applied by actors
+
+REQUIRED_FIELDS = ("op", "idSolicitud", "idUsuario", "idLibro", "sede", "timestamp",
+                   "idempotencyKey")
+MAX_FIELD_CHARS = 200
+SEDES = ("SEDE1", "SEDE2")
+
+LOAN_DAYS = 14
+RENEWAL_DAYS = 7
+MAX_RENEWALS = 2
+
+
+class InvalidRequest(ValueError):
+    """A request that breaks the contract; its message is sent back as ``error``."""
+
+
+def today() -> dt.date:
+    return dt.datetime.now(dt.timezone.utc).date()
+
+
+def utc_now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sede_number(sede: str) -> int:
+    """``"SEDE2"`` -> 2."""
+    return int(sede.removeprefix("SEDE"))
+
+
+def decode(frame: bytes) -> dict[str, Any]:
+    """Parse one frame into a JSON object, or raise InvalidRequest."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise InvalidRequest(f"message of {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        message = json.loads(frame)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"malformed JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise InvalidRequest("a request must be a JSON object")
+    return message
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def validate(request: dict[str, Any]) -> dict[str, Any]:
+    """Check a request against the contract; return it unchanged or raise."""
+    missing = [name for name in REQUIRED_FIELDS if not request.get(name)]
+    if missing:
+        raise InvalidRequest(f"missing field(s): {', '.join(missing)}")
+    for name in REQUIRED_FIELDS:
+        value = request[name]
+        if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
+            raise InvalidRequest(f"field {name} must be a string of at most "
+                                 f"{MAX_FIELD_CHARS} characters")
+    if request["op"] not in OPERATIONS:
+        raise InvalidRequest(f"unknown operation {request['op']!r}")
+    if request["sede"] not in SEDES:
+        raise InvalidRequest(f"unknown sede {request['sede']!r}")
+    return request
+
+
+def complete(request: dict[str, Any]) -> dict[str, Any]:
+    """Fill what a request process may leave out: id, timestamp and key."""
+    if not request.get("idSolicitud"):
+        request["idSolicitud"] = f"S-{uuid.uuid4().hex[:12]}"
+    if not request.get("timestamp"):
+        request["timestamp"] = utc_now_iso()
+    if not request.get("idempotencyKey"):
+        request["idempotencyKey"] = (
+            f"{request.get('op')}:{request['idSolicitud']}:{request.get('idLibro')}")
+    return request
+
+
+def request_label(request: dict[str, Any]) -> str:
+    """The fragment every log line about a request carries."""
+    return f"req={request.get('idSolicitud', '-')} key={request.get('idempotencyKey', '-')}"

@@ -1,0 +1,151 @@
+"""Request process (PS): sends a file of requests to its sede's GC, one at a time.
+
+The file holds one JSON request per line (see ``app.protocol``); blank lines are
+skipped, a line that is not a JSON object is reported and skipped. A missing id,
+timestamp or idempotency key is filled in. Each request waits up to
+``--timeout_ms`` for its answer; after a timeout the socket is replaced and the
+request sent again with the same key, up to ``--retries`` times, with a growing
+backoff. Each answer is printed; the run ends with::
+
+    [PS sede1-1] total=40 ok=35 refused=4 failed=1 skipped=0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import time
+import zlib
+from typing import Any, Iterator
+
+import zmq
+
+from app import config, metrics, protocol
+from app import log as logsetup
+from app.retry import LazyPirate, backoff_delays
+
+log = logging.getLogger("ps")
+
+TIMEOUT_MS = 2000  # default wait for one answer
+RETRIES = 3  # default resends after the first attempt
+
+
+def read_requests(path: str, shard: tuple[int, int] = (0, 1)
+                  ) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
+    """(line number, request or None, error) for each non-blank line of this shard.
+
+    Lines are shared among ``count`` processes by reader, so one reader's requests
+    stay in file order within one process; bad lines go to shard 0.
+    """
+    index, count = shard
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except json.JSONDecodeError as exc:
+                request, error = None, f"malformed JSON: {exc}"
+            else:
+                error = "" if isinstance(request, dict) else "not a JSON object"
+            if error:
+                if index == 0:
+                    yield number, None, error
+                continue
+            reader = str(request.get("idUsuario", ""))
+            if zlib.crc32(reader.encode()) % count == index:
+                yield number, protocol.complete(request), ""
+
+
+class RequestProcess:
+    def __init__(self, args) -> None:
+        self.args = args
+        self.name = args.name
+        self.context = zmq.Context()
+        self.gc = LazyPirate(self.context, args.endpoint)
+        self.metrics = metrics.MetricsWriter(args.metrics_dir, "ps", self.name, args.run_id,
+                                             args.host, sede=args.sede)
+        self.totals = {"total": 0, "ok": 0, "refused": 0, "failed": 0, "skipped": 0}
+        self.running = True
+
+    def run(self) -> dict[str, int]:
+        shard = tuple(int(x) for x in self.args.shard.split("/"))
+        for number, request, error in read_requests(self.args.file, shard):  # type: ignore
+            if not self.running:
+                break
+            self.totals["total"] += 1
+            if request is None:
+                self.totals["skipped"] += 1
+                log.error("%s line %d skipped: %s", self.args.file, number, error)
+                continue
+            self._send(request)
+            if self.args.interval:
+                time.sleep(self.args.interval)
+        return self.totals
+
+    def _send(self, request: dict[str, Any]) -> None:
+        label = protocol.request_label(request)
+        started = time.perf_counter()
+        delays = backoff_delays()
+        answer = None
+        for attempt in range(self.args.retries + 1):
+            answer = self.gc.request(request, self.args.timeout_ms / 1000)
+            if answer is not None or not self.running:
+                break
+            log.warning("%s %s: no answer in %d ms (attempt %d of %d)", request.get("op"),
+                        label, self.args.timeout_ms, attempt + 1, self.args.retries + 1)
+            if attempt < self.args.retries:
+                time.sleep(next(delays))
+        elapsed = time.perf_counter() - started
+        if answer is None:
+            status = "failed"
+        else:
+            status = "ok" if answer.get("ok") else "refused"
+        self.totals[status] += 1
+        self.metrics.record(str(request.get("op")), str(request.get("idSolicitud")),
+                            str(request.get("idempotencyKey")), status, elapsed,
+                            sede=str(request.get("sede", self.args.sede)))
+        if not self.args.quiet:
+            shown = json.dumps(answer, ensure_ascii=False) if answer else "no answer"
+            print(f"[PS {self.name}] {status.upper():7} {request.get('op')} "
+                  f"{request.get('idSolicitud')} -> {shown}", flush=True)
+
+    def close(self) -> None:
+        self.gc.close()
+        self.metrics.close()
+        self.context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = config.parser("Request process (PS): sends a JSONL file of requests to a GC")
+    p.add_argument("--file", required=True, help="JSONL request file")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="the GC's address")
+    p.add_argument("--interval", type=float, default=0.0, help="seconds between requests")
+    p.add_argument("--timeout_ms", type=int, default=TIMEOUT_MS)
+    p.add_argument("--retries", type=int, default=RETRIES)
+    p.add_argument("--sede", default="", help="sede label for metrics rows")
+    p.add_argument("--name", default="ps", help="instance name for logs and metrics")
+    p.add_argument("--shard", default="0/1", help="i/n: send only the lines of readers in share i of n")
+    p.add_argument("--quiet", action="store_true", help="print only the summary")
+    args = config.parse(p, argv)
+    logsetup.configure(args.log_level)
+    process = RequestProcess(args)
+
+    def stop(signum, frame):
+        process.running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        totals = process.run()
+    finally:
+        process.close()
+    print(f"[PS {process.name}] " + " ".join(f"{k}={v}" for k, v in totals.items()),
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
