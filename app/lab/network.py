@@ -66,7 +66,7 @@ def create_host_network(host: Host) -> None:
     _ip("netns", "add", host.netns)
     _ip(
         "link", "add", host.veth, "type", "veth",
-        "peer", "name", GUEST_INTERFACE, "netns", host.netns,
+        "peer", "name", GUEST_INTERFACE, "address", host.mac, "netns", host.netns,
     )
     _ip("link", "set", host.veth, "master", BRIDGE)
     _ip("link", "set", host.veth, "up")

@@ -133,16 +133,20 @@ def _wait_gone(lab_hosts: list[Host], deadline: float) -> list[Host]:
 
 def stop(lab_hosts: list[Host]) -> None:
     """Halt the containers in parallel: TERM their supervisors, KILL what outlives the bound."""
+    asked, orphaned = [], []
     for host in lab_hosts:
         pid = supervisor_pid(host)
         if pid is not None:
             log.info("stopping %s (supervisor pid %d)", host.name, pid)
             os.kill(pid, signal.SIGTERM)
+            asked.append(host)
+        elif cgroups.pids(host):
+            orphaned.append(host)  # supervisor gone: nobody to ask for a halt
 
-    stubborn = _wait_gone(lab_hosts, time.monotonic() + STOP_TIMEOUT)
+    stubborn = orphaned + _wait_gone(asked, time.monotonic() + STOP_TIMEOUT)
     for host in stubborn:
         pids = cgroups.pids(host)
-        log.warning("%s did not halt in %.0f s; killing %s", host.name, STOP_TIMEOUT, pids)
+        log.warning("%s did not halt; killing %s", host.name, sorted(pids))
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
