@@ -56,7 +56,7 @@ def pids(host: Host) -> set[int]:
         for cgroup in _tree(directory):
             try:
                 text = (cgroup / "cgroup.procs").read_text()
-            except FileNotFoundError:
+            except OSError:  # removed meanwhile by the container's systemd (ENOENT, ENODEV)
                 continue
             found.update(int(line) for line in text.split())
     return found

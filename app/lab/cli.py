@@ -1,10 +1,10 @@
 """The `lab` command: emulated lab VMs on this machine.
 
-    lab up [--hosts 3|4]      boot the hosts, wait for their sshd
-    lab down                  tear everything down
-    lab status                hosts, addresses, sshd, systemd state
-    lab link HOST down|up     partition a host from the bridge, or heal it
-    lab ssh HOST [CMD...]     a shell or a command on a host, as root
+lab up [--hosts 3|4]      boot the hosts, wait for their sshd
+lab down                  tear everything down
+lab status                hosts, addresses, sshd, systemd state
+lab link HOST down|up     partition a host from the bridge, or heal it
+lab ssh HOST [CMD...]     a shell or a command on a host, as root
 """
 
 from __future__ import annotations

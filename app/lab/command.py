@@ -24,7 +24,5 @@ def run(
         list(args), capture_output=True, text=True, timeout=timeout, check=False
     )
     if check and result.returncode != 0:
-        raise CommandError(
-            f"{' '.join(args)} exited {result.returncode}: {result.stderr.strip()}"
-        )
+        raise CommandError(f"{' '.join(args)} exited {result.returncode}: {result.stderr.strip()}")
     return result

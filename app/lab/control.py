@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from app.lab import cgroups, network, rootfs, ssh, supervisor
-from app.lab.layout import ALL_HOSTS, STATE_DIR, Host
+from app.lab.layout import ALL_HOSTS, BRIDGE, STATE_DIR, Host
 
 BOOT_TIMEOUT = 60.0  # seconds for every sshd to answer after the containers start
 STATE_TIMEOUT = 10.0  # seconds for `systemctl is-system-running` over SSH
@@ -122,8 +122,8 @@ def leftovers() -> list[str]:
         found += [f"process {pid} of {host.name}" for pid in sorted(cgroups.pids(host))]
         if network.link_exists(host.veth):
             found.append(f"link {host.veth}")
-    if network.link_exists(network.BRIDGE):
-        found.append(f"link {network.BRIDGE}")
+    if network.link_exists(BRIDGE):
+        found.append(f"link {BRIDGE}")
     return found
 
 
@@ -138,14 +138,16 @@ def status() -> list[HostStatus]:
     for host in ALL_HOSTS:
         running = supervisor.supervisor_pid(host) is not None
         sshd = running and ssh.port_open(host.address)
-        rows.append(HostStatus(
-            name=host.name,
-            address=host.address,
-            running=running,
-            link_up=network.link_is_up(host),
-            sshd=sshd,
-            systemd=systemd_state(host) if sshd else "-",
-        ))
+        rows.append(
+            HostStatus(
+                name=host.name,
+                address=host.address,
+                running=running,
+                link_up=network.link_is_up(host),
+                sshd=sshd,
+                systemd=systemd_state(host) if sshd else "-",
+            )
+        )
     return rows
 
 
@@ -159,4 +161,3 @@ def ssh_exec(host: Host, command: list[str]) -> None:
     """Replace this process with an SSH session to the host (the `lab ssh` command)."""
     argv = ssh.ssh_command(host, command)
     os.execvp(argv[0], argv)
-

@@ -37,6 +37,13 @@ if [[ ${#missing[@]} -eq 0 ]]; then
     exit 0
 fi
 
+if [[ -e /sys/class/net/bib-br0 ]]; then
+    # The hosts' overlays have this machine's root as lower layer: changing it
+    # under mounted overlays is undefined.
+    echo "deps.sh: missing ${missing[*]}, but the lab is up: run 'lab down' first" >&2
+    exit 1
+fi
+
 echo "deps.sh: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q

@@ -52,6 +52,11 @@ def ensure_bridge() -> None:
         _ip("link", "add", BRIDGE, "type", "bridge")
     _ip("addr", "replace", f"{BRIDGE_ADDRESS}/{SUBNET_PREFIX}", "dev", BRIDGE)
     _ip("link", "set", BRIDGE, "up")
+    for family in ("ipv4", "ipv6"):
+        # Never route what the hosts send to the bridge: they reach the subnet only.
+        forwarding = Path("/proc/sys/net", family, "conf", BRIDGE, "forwarding")
+        if forwarding.exists():
+            forwarding.write_text("0\n")
 
 
 def delete_bridge() -> None:
@@ -65,8 +70,18 @@ def create_host_network(host: Host) -> None:
     log.info("creating netns %s with %s", host.netns, host.address)
     _ip("netns", "add", host.netns)
     _ip(
-        "link", "add", host.veth, "type", "veth",
-        "peer", "name", GUEST_INTERFACE, "address", host.mac, "netns", host.netns,
+        "link",
+        "add",
+        host.veth,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        GUEST_INTERFACE,
+        "address",
+        host.mac,
+        "netns",
+        host.netns,
     )
     _ip("link", "set", host.veth, "master", BRIDGE)
     _ip("link", "set", host.veth, "up")

@@ -90,8 +90,18 @@ def _seed_upper(host: Host, upper: Path, authorized_key: str) -> None:
     (ssh_dir / "sshd_config.d").mkdir(parents=True, exist_ok=True)
     (ssh_dir / "sshd_config.d" / "lab.conf").write_text(SSHD_DROP_IN)
     run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"root@{host.name}",
-         "-f", str(ssh_dir / "ssh_host_ed25519_key")],
+        [
+            "ssh-keygen",
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            f"root@{host.name}",
+            "-f",
+            str(ssh_dir / "ssh_host_ed25519_key"),
+        ],
         timeout=KEYGEN_TIMEOUT,
     )
 
@@ -107,8 +117,15 @@ def mount_root(host: Host, authorized_key: str) -> None:
     for directory in (host.tmpfs_dir, host.root_dir):
         directory.mkdir(parents=True, exist_ok=True)
     run(
-        ["mount", "-t", "tmpfs", "-o", f"mode=0755,size={TMPFS_SIZE}",
-         f"bib-{host.name}", str(host.tmpfs_dir)],
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            f"mode=0755,size={TMPFS_SIZE}",
+            f"bib-{host.name}",
+            str(host.tmpfs_dir),
+        ],
         timeout=MOUNT_TIMEOUT,
     )
     upper, work = host.tmpfs_dir / "upper", host.tmpfs_dir / "work"

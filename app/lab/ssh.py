@@ -31,8 +31,10 @@ def ensure_key() -> str:
         KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
         KEY_FILE.parent.chmod(0o700)
         log.info("generating the lab key %s", KEY_FILE)
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bib-lab",
-             "-f", str(KEY_FILE)], timeout=KEYGEN_TIMEOUT)
+        run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bib-lab", "-f", str(KEY_FILE)],
+            timeout=KEYGEN_TIMEOUT,
+        )
     return KEY_FILE.with_suffix(".pub").read_text()
 
 

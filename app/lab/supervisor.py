@@ -14,6 +14,7 @@ systemd for an orderly halt; the supervisor then exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -58,8 +59,10 @@ def supervise(host: Host) -> int:
     """Run the container until it halts or we are told to stop; return nspawn's code."""
     cgroups.join(host, os.getpid())
     SCRATCH_DIR.mkdir(parents=True, exist_ok=True)
-    run(["mount", "-t", "tmpfs", "-o", "mode=0755", "bib-scratch", str(SCRATCH_DIR)],
-        timeout=MOUNT_TIMEOUT)
+    run(
+        ["mount", "-t", "tmpfs", "-o", "mode=0755", "bib-scratch", str(SCRATCH_DIR)],
+        timeout=MOUNT_TIMEOUT,
+    )
 
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -88,10 +91,23 @@ def start(host: Host) -> int:
     env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     with host.console_log.open("ab") as console:
         process = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "--",
-             sys.executable, "-m", MODULE, host.name],
-            cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL,
-            stdout=console, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                sys.executable,
+                "-m",
+                MODULE,
+                host.name,
+            ],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     host.pid_file.write_text(f"{process.pid}\n")
     log.info("started supervisor of %s as pid %d", host.name, process.pid)
@@ -148,10 +164,8 @@ def stop(lab_hosts: list[Host]) -> None:
         pids = cgroups.pids(host)
         log.warning("%s did not halt; killing %s", host.name, sorted(pids))
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # it died meanwhile
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     left = _wait_gone(stubborn, time.monotonic() + KILL_TIMEOUT)
     if left:

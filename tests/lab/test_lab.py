@@ -12,12 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from app.lab import control
-from app.lab.layout import PROJECT_ROOT, hosts, host_named
+from app.lab.layout import PROJECT_ROOT, host_named, hosts
 from app.lab.ssh import CONFIG_FILE, port_open
 
 HOST_COUNT = 3
@@ -41,22 +41,29 @@ pytestmark = [
 
 def lab(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.lab", *args], cwd=PROJECT_ROOT,
-        capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False,
+        [sys.executable, "-m", "app.lab", *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
     )
 
 
 def ssh(host: str, command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ssh", "-F", str(CONFIG_FILE), host, command],
-        capture_output=True, text=True, timeout=SSH_TIMEOUT, check=False,
+        capture_output=True,
+        text=True,
+        timeout=SSH_TIMEOUT,
+        check=False,
     )
 
 
-def wait_until(condition: object, timeout: float) -> bool:
+def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
+        if condition():
             return True
         time.sleep(POLL_INTERVAL)
     return False
@@ -109,7 +116,7 @@ def test_host_has_python_venv_and_only_the_lab_network(lab_up: None) -> None:
 
 def test_hosts_reach_each_other(lab_up: None) -> None:
     probe = (
-        "/usr/bin/python3 -c \"import socket; "
+        '/usr/bin/python3 -c "import socket; '
         "socket.create_connection(('10.77.0.12', 22), timeout=2).close(); print('ok')\""
     )
     result = ssh("lab-sede1", probe)
@@ -130,8 +137,9 @@ def test_link_down_partitions_host_and_up_heals_it(lab_up: None) -> None:
     host = host_named("lab-sede2")
     try:
         assert lab("link", host.name, "down").returncode == 0
-        assert wait_until(lambda: not port_open(host.address, timeout=PROBE_TIMEOUT),
-                          LINK_TIMEOUT), "host still answers with its link down"
+        assert wait_until(
+            lambda: not port_open(host.address, timeout=PROBE_TIMEOUT), LINK_TIMEOUT
+        ), "host still answers with its link down"
     finally:
         assert lab("link", host.name, "up").returncode == 0
 
@@ -144,10 +152,12 @@ def test_down_leaves_nothing_behind(lab_up: None) -> None:
 
     assert result.returncode == 0, result.stderr
     assert control.leftovers() == []
-    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
-                           timeout=10, check=True).stdout
+    netns = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     assert "bib-" not in netns
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True,
-                               timeout=10, check=True).stdout
+    processes = subprocess.run(
+        ["ps", "-eo", "args"], capture_output=True, text=True, timeout=10, check=True
+    ).stdout
     assert "app.lab.supervisor" not in processes
     assert lab("down").returncode == 0  # idempotent
