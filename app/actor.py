@@ -12,6 +12,8 @@ answers each once the GA has applied it (the loan is synchronous)::
 
     -> [envelope..., {"op": "PRESTAMO", ...}]
     <- [envelope..., {"ok": true, "status": "granted", "fechaEntrega": "2026-12-18"}]
+    -> [envelope..., {"type": "ping"}]
+    <- [envelope..., {"ok": true, "actor": "loan-sede1"}]
 """
 
 from __future__ import annotations
@@ -81,7 +83,12 @@ class Actor:
                 break
             received = time.perf_counter()
             try:
-                request = protocol.validate(protocol.decode(frames[-1]))
+                request = protocol.decode(frames[-1])
+                if self.kind == "loan" and request.get("type") == "ping":
+                    self.inbox.send_multipart([*frames[:-1], protocol.encode(
+                        {"ok": True, "actor": self.name})])
+                    continue
+                protocol.validate(request)
             except protocol.InvalidRequest as exc:
                 log.warning("%s: dropped invalid message: %s", self.name, exc)
                 if self.kind == "loan":

@@ -102,7 +102,7 @@ class LoadManager:
             try:
                 request = protocol.decode(body)
                 if request.get("type") == "status" and "op" not in request:
-                    self._send(envelope, self.status())
+                    self.requests.send_multipart([*envelope, protocol.encode(self.status())])
                     continue
                 protocol.validate(request)
             except protocol.InvalidRequest as exc:

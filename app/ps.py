@@ -101,9 +101,11 @@ class RequestProcess:
         elapsed = time.perf_counter() - started
         if answer is None:
             status = "failed"
+        elif answer.get("ok"):
+            status = "ok"
         else:
-            status = "ok" if answer.get("ok") else "refused"
-        self.totals[status] += 1
+            status = "invalid" if answer.get("status") == "invalid" else "refused"
+        self.totals["refused" if status == "invalid" else status] += 1
         self.metrics.record(str(request.get("op")), str(request.get("idSolicitud")),
                             str(request.get("idempotencyKey")), status, elapsed,
                             sede=str(request.get("sede", self.args.sede)))

@@ -89,7 +89,8 @@ def write(path: str, seed: int) -> None:
     db.executemany("INSERT INTO loans (book, reader, sede, loaned_on, due_date, status)"
                    " VALUES (?, ?, ?, ?, ?, 'ACTIVE')",
                    [(x.book, x.reader, x.sede, x.loaned_on, x.due_date) for x in loans])
-    db.execute("INSERT INTO meta (name, value) VALUES ('seed', ?)", (str(seed),))
+    db.executemany("INSERT INTO meta (name, value) VALUES (?, ?)",
+                   [("seed", str(seed)), ("seeded_loans", str(len(loans)))])
     db.execute("COMMIT")
     db.close()
 
