@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from app.lab import control
-from app.lab.layout import PROJECT_ROOT, host_named, hosts
+from app.lab import cgroups, control
+from app.lab.layout import BRIDGE, PROJECT_ROOT, host_named, hosts
 from app.lab.ssh import CONFIG_FILE, port_open
 
 HOST_COUNT = 3
@@ -161,3 +161,26 @@ def test_down_leaves_nothing_behind(lab_up: None) -> None:
     ).stdout
     assert "app.lab.supervisor" not in processes
     assert lab("down").returncode == 0  # idempotent
+
+
+def test_down_cleans_up_after_a_half_failed_up() -> None:
+    """What an `up` that died half way leaves: bridge, a namespace, a tmpfs, a cgroup."""
+    host = host_named("lab-ga")
+    try:
+        for command in (
+            ["ip", "link", "add", BRIDGE, "type", "bridge"],
+            ["ip", "netns", "add", host.netns],
+        ):
+            subprocess.run(command, capture_output=True, timeout=10, check=True)
+        host.tmpfs_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "bib-test", str(host.tmpfs_dir)], timeout=10, check=True
+        )
+        for hierarchy in cgroups.hierarchies():
+            (hierarchy / host.cgroup / "payload").mkdir(parents=True)
+        assert len(control.leftovers()) >= 4
+    finally:
+        result = lab("down")
+
+    assert result.returncode == 0, result.stderr
+    assert control.leftovers() == []
