@@ -64,10 +64,12 @@ def port_open(address: str, port: int = SSH_PORT, timeout: float = CONNECT_TIMEO
 
 def wait_for_sshd(lab_hosts: Iterable[Host], timeout: float) -> list[Host]:
     """Poll port 22 of each host until it answers or `timeout` s pass; return the silent."""
-    deadline = time.monotonic() + timeout
+    begin = time.monotonic()
     waiting = list(lab_hosts)
-    while waiting and time.monotonic() < deadline:
-        waiting = [host for host in waiting if not port_open(host.address)]
+    while waiting and time.monotonic() < begin + timeout:
+        for host in [host for host in waiting if port_open(host.address)]:
+            log.info("sshd of %s answers after %.1f s", host.name, time.monotonic() - begin)
+            waiting.remove(host)
         if waiting:
             time.sleep(PROBE_INTERVAL)
     return waiting
