@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from app import config, gaclient, metrics, protocol
+from app import config, gaclient, metrics, protocol, wire
 from app import log as logsetup
 
 log = logging.getLogger("actor")
@@ -76,11 +76,7 @@ class Actor:
 
     def _drain(self) -> list[tuple[list[bytes], dict[str, Any], float]]:
         batch = []
-        for _ in range(MAX_BATCH):
-            try:
-                frames = self.inbox.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in wire.waiting(self.inbox, MAX_BATCH):
             received = time.perf_counter()
             try:
                 request = protocol.decode(frames[-1])

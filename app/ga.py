@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from app import config, failover, metrics, protocol, replication, storage
+from app import config, failover, metrics, protocol, replication, storage, wire
 from app import log as logsetup
 
 log = logging.getLogger("ga")
@@ -71,14 +71,10 @@ class StorageManager:
     def _drain(self) -> None:
         """Take every waiting request; apply the writes in one transaction."""
         writes: list[tuple[list[bytes], dict[str, Any]]] = []
-        for _ in range(MAX_BATCH):
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in wire.waiting(self.socket, MAX_BATCH):
             envelope, body = frames[:-1], frames[-1]
             try:
-                message = protocol.decode(body)
+                message = protocol.decode(body, protocol.INTERNAL_MAX_BYTES)
             except protocol.InvalidRequest as exc:
                 log.warning("bad message: %s", exc)
                 self._reply(envelope, {"ok": False, "error": str(exc)})

@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from app import config, outbox, protocol
+from app import config, outbox, protocol, wire
 from app import log as logsetup
 
 log = logging.getLogger("gc")
@@ -93,11 +93,7 @@ class LoadManager:
     def _take_requests(self) -> None:
         to_store: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
         waiting: list[tuple[list[bytes], dict[str, Any]]] = []
-        for _ in range(MAX_DRAIN):
-            try:
-                frames = self.requests.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        for frames in wire.waiting(self.requests, MAX_DRAIN):
             envelope, body = frames[:-1], frames[-1]
             try:
                 request = protocol.decode(body)
@@ -164,20 +160,14 @@ class LoadManager:
             self.publisher.send_multipart([topic.encode(), payload.encode()])
 
     def _relay_loan_answers(self) -> None:
-        for _ in range(MAX_DRAIN):
-            try:
-                frames = self.loans.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in wire.waiting(self.loans, MAX_DRAIN):
             self.requests.send_multipart(frames)
             self.counts["answered"] += 1
 
     def _take_confirmations(self) -> None:
-        for _ in range(MAX_DRAIN):
+        for frames in wire.waiting(self.confirms, MAX_DRAIN):
             try:
-                message = protocol.decode(self.confirms.recv(zmq.NOBLOCK))
-            except zmq.Again:
-                return
+                message = protocol.decode(frames[-1])
             except protocol.InvalidRequest as exc:
                 log.warning("bad confirmation: %s", exc)
                 continue

@@ -17,7 +17,8 @@ import json
 import uuid
 from typing import Any
 
-MAX_MESSAGE_BYTES = 16 * 1024  # larger frames are refused without parsing
+MAX_MESSAGE_BYTES = 16 * 1024  # larger requests are refused without parsing
+INTERNAL_MAX_BYTES = 16 * 1024 * 1024  # batches between actors, GAs and GA peers
 
 LOAN = "PRESTAMO"
 RETURN = "DEVOLUCION"
@@ -52,10 +53,10 @@ def sede_number(sede: str) -> int:
     return int(sede.removeprefix("SEDE"))
 
 
-def decode(frame: bytes) -> dict[str, Any]:
+def decode(frame: bytes, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     """Parse one frame into a JSON object, or raise InvalidRequest."""
-    if len(frame) > MAX_MESSAGE_BYTES:
-        raise InvalidRequest(f"message of {len(frame)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(frame) > limit:
+        raise InvalidRequest(f"message of {len(frame)} bytes exceeds {limit}")
     try:
         message = json.loads(frame)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

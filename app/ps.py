@@ -24,6 +24,7 @@ import zmq
 
 from app import config, metrics, protocol
 from app import log as logsetup
+from app.pipeline import Pipeline
 from app.retry import LazyPirate, backoff_delays
 
 log = logging.getLogger("ps")
@@ -68,6 +69,10 @@ class RequestProcess:
         self.metrics = metrics.MetricsWriter(args.metrics_dir, "ps", self.name, args.run_id,
                                              args.host, sede=args.sede)
         self.totals = {"total": 0, "ok": 0, "refused": 0, "failed": 0, "skipped": 0}
+        self.pipeline = None
+        if args.window > 1:
+            self.pipeline = Pipeline(self.context, args.endpoint, args.window,
+                                     args.timeout_ms / 1000, args.retries, self._record)
         self.running = True
 
     def run(self) -> dict[str, int]:
@@ -83,9 +88,14 @@ class RequestProcess:
             self._send(request)
             if self.args.interval:
                 time.sleep(self.args.interval)
+        if self.pipeline is not None:
+            self.pipeline.drain()
         return self.totals
 
     def _send(self, request: dict[str, Any]) -> None:
+        if self.pipeline is not None:
+            self.pipeline.submit(request)
+            return
         label = protocol.request_label(request)
         started = time.perf_counter()
         delays = backoff_delays()
@@ -98,7 +108,10 @@ class RequestProcess:
                         label, self.args.timeout_ms, attempt + 1, self.args.retries + 1)
             if attempt < self.args.retries:
                 time.sleep(next(delays))
-        elapsed = time.perf_counter() - started
+        self._record(request, answer, time.perf_counter() - started)
+
+    def _record(self, request: dict[str, Any], answer: dict[str, Any] | None,
+                elapsed: float) -> None:
         if answer is None:
             status = "failed"
         elif answer.get("ok"):
@@ -115,6 +128,8 @@ class RequestProcess:
                   f"{request.get('idSolicitud')} -> {shown}", flush=True)
 
     def close(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.gc.close()
         self.metrics.close()
         self.context.term()
@@ -131,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="ps", help="instance name for logs and metrics")
     p.add_argument("--shard", default="0/1", help="i/n: send only the lines of readers in share i of n")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
+    p.add_argument("--window", type=int, default=1,
+                   help="requests in flight at once (1: one at a time, as a reader would)")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
     process = RequestProcess(args)

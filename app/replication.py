@@ -62,7 +62,7 @@ class Follower:
             self.sent_at = now
 
     def on_reply(self) -> None:
-        answer = protocol.decode(self.socket.recv())
+        answer = protocol.decode(self.socket.recv(), protocol.INTERNAL_MAX_BYTES)
         self.sent_at = None
         self.pair.on_peer_answer(answer)
         entries = answer.get("entries") or []

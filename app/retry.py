@@ -58,7 +58,7 @@ class LazyPirate:
         sock = self._open()
         sock.send(protocol.encode(message))
         if sock.poll(timeout_s * 1000, zmq.POLLIN):
-            return protocol.decode(sock.recv())
+            return protocol.decode(sock.recv(), protocol.INTERNAL_MAX_BYTES)
         self.reset()
         return None
 

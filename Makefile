@@ -1,0 +1,38 @@
+# Entry points: `make demo` runs the system locally, `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-fast bench bench-failover lab-deps lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.base: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+$(VENV)/.ops: pyproject.toml $(VENV)/.base
+	$(BIN)/pip install -q -e '.[test,ops]'
+	touch $@
+
+demo: $(VENV)/.base
+	$(BIN)/python -m app.demo
+
+test: $(VENV)/.ops
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+test-fast: $(VENV)/.base
+	$(BIN)/python -m pytest -p no:cacheprovider -m "not lab and not slow" --ignore=tests/deploy
+
+bench: $(VENV)/.base
+	$(BIN)/python loadtests/bench_chain.py
+
+bench-failover: $(VENV)/.base
+	$(BIN)/python loadtests/bench_failover.py
+
+lab-deps:
+	bash app/lab/deps.sh
+
+clean:
+	rm -rf runs results wheelhouse .pytest_cache

@@ -1,0 +1,106 @@
+"""Several requests in flight to one GC, for request processes run at full speed.
+
+A DEALER socket sends each request behind an empty delimiter frame, exactly as
+a REQ socket would, so the GC sees no difference; answers come back in any
+order and are matched by ``idSolicitud``. A request unanswered after its timeout
+makes the whole socket suspect: it is replaced (linger 0) and every request
+still in flight is sent again on the new one, with the same idempotency key,
+after a backoff with jitter. A request is given up after its retries run out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import zmq
+
+from app import protocol
+from app.retry import backoff_delays
+
+log = logging.getLogger("pipeline")
+
+
+@dataclass
+class InFlight:
+    request: dict[str, Any]
+    started: float
+    sent: float
+    attempts: int = 1
+
+
+@dataclass
+class Pipeline:
+    context: zmq.Context
+    endpoint: str
+    window: int
+    timeout_s: float
+    retries: int
+    on_answer: Callable[[dict[str, Any], dict[str, Any] | None, float], None]
+    flight: "OrderedDict[str, InFlight]" = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self.socket = self._open()
+        self.delays = backoff_delays()
+
+    def _open(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.endpoint)
+        return sock
+
+    def submit(self, request: dict[str, Any]) -> None:
+        """Send one request, first waiting for room in the window."""
+        while len(self.flight) >= self.window:
+            self.pump()
+        now = time.perf_counter()
+        self.flight[request["idSolicitud"]] = InFlight(request, now, now)
+        self.socket.send_multipart([b"", protocol.encode(request)])
+
+    def drain(self) -> None:
+        """Wait until every request in flight is answered or given up."""
+        while self.flight:
+            self.pump()
+
+    def pump(self) -> None:
+        oldest = next(iter(self.flight.values()))
+        wait = max(0.0, oldest.sent + self.timeout_s - time.perf_counter())
+        if self.socket.poll(wait * 1000, zmq.POLLIN):
+            while self.socket.get(zmq.EVENTS) & zmq.POLLIN:
+                self._take(self.socket.recv_multipart(zmq.NOBLOCK)[-1])
+            return
+        self._resend_all()
+
+    def _take(self, body: bytes) -> None:
+        try:
+            answer = json.loads(body)
+        except json.JSONDecodeError:
+            log.warning("unreadable answer from %s: %r", self.endpoint, body[:80])
+            return
+        entry = self.flight.pop(str(answer.get("idSolicitud")), None)
+        if entry is not None:  # else a late answer to a request already resent
+            self.on_answer(entry.request, answer, time.perf_counter() - entry.started)
+            self.delays = backoff_delays()
+
+    def _resend_all(self) -> None:
+        log.warning("no answer from %s in %.0f ms: new socket, resending %d requests",
+                    self.endpoint, self.timeout_s * 1000, len(self.flight))
+        self.socket.close(linger=0)
+        time.sleep(next(self.delays))
+        self.socket = self._open()
+        now = time.perf_counter()
+        for key, entry in list(self.flight.items()):
+            if entry.attempts > self.retries:
+                del self.flight[key]
+                self.on_answer(entry.request, None, now - entry.started)
+                continue
+            entry.attempts += 1
+            entry.sent = now
+            self.socket.send_multipart([b"", protocol.encode(entry.request)])
+
+    def close(self) -> None:
+        self.socket.close(linger=0)

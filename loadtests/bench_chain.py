@@ -1,0 +1,135 @@
+"""Throughput and answer times of the whole chain at full speed (a benchmark, not a test).
+
+Starts the GA pair and both sedes locally, generates mixed request files, runs
+``--ps`` request processes per sede with no pause between requests, and prints:
+
+- acknowledged requests per second (answers the PS got, over the PS wall time);
+- applied operations per second on the primary GA (log entries over the span
+  from the first to the last one);
+- ack p50/p99 per operation, from the PS metrics rows;
+- the same figures as ratios against a baseline measured in this run: a bare
+  ZeroMQ REQ/ROUTER round trip on loopback with the same message size.
+
+Usage: ``python loadtests/bench_chain.py [--ps 2] [--count 5000] [--repeat 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+
+import zmq
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from app import cluster, protocol, report, requests  # noqa: E402
+
+BASELINE_ROUND_TRIPS = 5000
+
+
+def baseline_round_trip_ms() -> list[float]:
+    """Round trips of a realistic request through a ROUTER that answers at once."""
+    context = zmq.Context()
+    server = context.socket(zmq.ROUTER)
+    port = server.bind_to_random_port("tcp://127.0.0.1")
+    client = context.socket(zmq.REQ)
+    client.connect(f"tcp://127.0.0.1:{port}")
+    body = protocol.encode({"op": "DEVOLUCION", "idSolicitud": "S1P1-00001", "idUsuario": "U1",
+                            "idLibro": "L0001", "sede": "SEDE1", "timestamp": "x" * 27,
+                            "idempotencyKey": "DEVOLUCION:S1P1-00001:L0001"})
+
+    def echo():
+        for _ in range(BASELINE_ROUND_TRIPS):
+            frames = server.recv_multipart()
+            protocol.decode(frames[-1])
+            server.send_multipart([*frames[:-1], b'{"ok":true}'])
+
+    thread = threading.Thread(target=echo)
+    thread.start()
+    times = []
+    for _ in range(BASELINE_ROUND_TRIPS):
+        started = time.perf_counter()
+        client.send(body)
+        client.recv()
+        times.append((time.perf_counter() - started) * 1000)
+    thread.join()
+    client.close(0)
+    server.close(0)
+    context.term()
+    return sorted(times)
+
+
+def applied_rate(db_path: str) -> tuple[int, float]:
+    db = sqlite3.connect(db_path)
+    count, first, last = db.execute(
+        "SELECT count(*), min(applied_at), max(applied_at) FROM oplog").fetchone()
+    db.close()
+    span = (dt.datetime.fromisoformat(last.rstrip("Z")) -
+            dt.datetime.fromisoformat(first.rstrip("Z"))).total_seconds()
+    return count, count / span if span > 0 else float("nan")
+
+
+def one_run(args: argparse.Namespace, workdir: str) -> dict[str, float]:
+    folder = os.path.join(workdir, "requests")
+    requests.main(["--ps", str(args.ps), "--count", str(args.count), "--seed", "11",
+                   "--out", folder])
+    with cluster.Cluster(workdir, replica=not args.no_replica, run_id="bench") as system:
+        system.start_all()
+        started = time.perf_counter()
+        processes = [system.ps(f"sede{s}-{i}", os.path.join(folder, f"sede{s}-{i}.jsonl"), s,
+                               "--quiet", "--window", str(args.window))
+                     for s in (1, 2) for i in range(1, args.ps + 1)]
+        for process in processes:
+            process.wait(600)
+        ps_wall = time.perf_counter() - started
+        applied_all = system.wait_applied(300)
+    rows = report.read_rows([system.metrics])
+    ps_rows = [r for r in rows if r["component"] == "ps"]
+    acked = sum(r["status"] in ("ok", "refused") for r in ps_rows)
+    count, per_s = applied_rate(system.db_path("primary"))
+    ack_ms = sorted(float(r["latency_ms"]) for r in ps_rows
+                    if r["op"] in (protocol.RETURN, protocol.RENEWAL))
+    loan_ms = sorted(float(r["latency_ms"]) for r in ps_rows if r["op"] == protocol.LOAN)
+    return {"requests": len(ps_rows), "acked": acked, "acked_per_s": acked / ps_wall,
+            "applied": count, "applied_per_s": per_s, "all_applied": float(applied_all),
+            "ack_p50_ms": report.percentile(ack_ms, 50),
+            "ack_p99_ms": report.percentile(ack_ms, 99),
+            "loan_p50_ms": report.percentile(loan_ms, 50),
+            "loan_p99_ms": report.percentile(loan_ms, 99)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ps", type=int, default=2, help="request processes per sede")
+    p.add_argument("--count", type=int, default=5000, help="requests per process")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--no_replica", action="store_true")
+    p.add_argument("--window", type=int, default=1,
+                   help="requests each PS keeps in flight (1: one at a time)")
+    args = p.parse_args()
+    base = baseline_round_trip_ms()
+    base_p50, base_p99 = report.percentile(base, 50), report.percentile(base, 99)
+    print(f"baseline bare ZeroMQ round trip: p50 {base_p50:.3f} ms, p99 {base_p99:.3f} ms")
+    for n in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+            r = one_run(args, workdir)
+        print(f"run {n + 1}: {2 * args.ps} PS x {args.count} requests, window {args.window},"
+              f" replica {'off' if args.no_replica else 'on'}")
+        print(f"  acknowledged   {r['acked']:>7} of {r['requests']}  "
+              f"{r['acked_per_s']:9.0f} req/s")
+        print(f"  applied on GA  {r['applied']:>7}            {r['applied_per_s']:9.0f} ops/s"
+              f"  (all returns/renewals applied: {bool(r['all_applied'])})")
+        print(f"  ack (return/renewal) p50 {r['ack_p50_ms']:.3f} ms = "
+              f"{r['ack_p50_ms'] / base_p50:.1f}x baseline, p99 {r['ack_p99_ms']:.3f} ms = "
+              f"{r['ack_p99_ms'] / base_p99:.1f}x baseline")
+        print(f"  loan answer p50 {r['loan_p50_ms']:.3f} ms, p99 {r['loan_p99_ms']:.3f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
