@@ -72,6 +72,7 @@ class Actor:
                     self._handle(batch)
             else:
                 self.storage.refresh()
+                logsetup.idle()
             self._confirm()
 
     def _drain(self) -> list[tuple[list[bytes], dict[str, Any], float]]:

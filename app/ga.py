@@ -57,6 +57,8 @@ class StorageManager:
             poller.register(self.shipper.socket, zmq.POLLIN)
         while self.running:
             events = dict(poller.poll(POLL_INTERVAL * 1000))
+            if not events:
+                logsetup.idle()
             if self.socket in events:
                 self._drain()
             if self.shipper:

@@ -78,6 +78,8 @@ class LoadManager:
         next_scan = 0.0
         while self.running:
             events = dict(poller.poll(RESEND_SCAN * 1000))
+            if not events:
+                logsetup.idle()
             if self.confirms in events:
                 self._take_confirmations()
             if self.loans in events:
