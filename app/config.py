@@ -26,7 +26,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse twice: once to find ``--config``, once with the file as defaults."""
-    first, _ = p.parse_known_args(argv)
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--config")
+    first, _ = finder.parse_known_args(argv)
     if first.config:
         with open(first.config, "rb") as handle:
             values = tomllib.load(handle)
@@ -35,4 +37,7 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argp
         if unknown:
             p.error(f"{first.config}: unknown key(s) {', '.join(unknown)}")
         p.set_defaults(**values)
+        for action in p._actions:
+            if action.dest in values:
+                action.required = False  # the file supplies it
     return p.parse_args(argv)
