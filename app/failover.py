@@ -19,7 +19,12 @@ Rules:
 - a passive GA adopts the term of its active peer;
 - an active GA that hears of an active peer with a higher term steps down;
 - ``handover`` makes the active GA stop writing, wait until its peer has every
-  entry, and tell it to take over (the way the primary role is handed back).
+  entry, and tell it to take over (the way the primary role is handed back);
+- an active GA that was frozen (its loop stalled for STALL_AFTER, as after
+  SIGSTOP/SIGCONT or a swapped-out process) and whose peer is silent refuses
+  writes for RESUME_QUARANTINE: while it stood still its peer may have taken
+  over, and the next heartbeat will tell it so. Without this, the writes queued
+  on its socket during the freeze would be applied in a term that has ended.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ log = logging.getLogger("failover")
 HEARTBEAT_INTERVAL = 0.25  # seconds between messages to the peer
 PEER_DEAD_AFTER = 1.0  # seconds of peer silence before a takeover is allowed
 ENTRIES_PER_PULL = 2000  # log entries shipped in one answer to the peer
+STALL_AFTER = 0.5  # seconds between two passes of the GA loop that mean it was frozen
+RESUME_QUARANTINE = 2 * PEER_DEAD_AFTER  # seconds without writes after a freeze, peer silent
 
 STARTING, ACTIVE, PASSIVE, HANDING_OVER = "starting", "active", "passive", "handing_over"
 
@@ -56,6 +63,8 @@ class Pair:
         self.peer_rank: tuple[int, int, bool] = (-1, 0, False)
         self.peer_acked = 0  # highest seq the peer said it holds
         self.peer_seq = 0  # the peer's own last seq
+        self.last_loop = time.monotonic()  # the GA loop's last pass
+        self.resumed_at = -RESUME_QUARANTINE  # when this GA last came back from a freeze
         if not has_peer:
             self._remember_writer()
 
@@ -64,10 +73,21 @@ class Pair:
     def peer_alive(self) -> bool:
         return self.has_peer and time.monotonic() - self.peer_seen < PEER_DEAD_AFTER
 
+    def note_loop(self, now: float) -> None:
+        """Called on every pass of the GA loop; notices that the process was frozen."""
+        if now - self.last_loop > STALL_AFTER:
+            self.resumed_at = now
+            if self.state == ACTIVE and self.has_peer and not self.peer_alive():
+                log.warning("GA %s stood still for %.1f s with its peer silent: no writes "
+                            "until the peer answers or %.1f s pass", self.role,
+                            now - self.last_loop, RESUME_QUARANTINE)
+        self.last_loop = now
+
     def may_write(self) -> bool:
         """Called when a client asks for a write; may trigger the takeover."""
+        self.note_loop(time.monotonic())
         if self.state == ACTIVE:
-            return True
+            return not self._quarantined()
         if self.state == HANDING_OVER or self.peer_alive():
             return False
         if self.state == PASSIVE:
@@ -78,6 +98,11 @@ class Pair:
             self._become_active(self.term, "peer never answered since start")
             return True
         return False
+
+    def _quarantined(self) -> bool:
+        """Just back from a freeze with a silent peer: the peer may be writing now."""
+        recent = time.monotonic() - self.resumed_at < RESUME_QUARANTINE
+        return self.has_peer and recent and not self.peer_alive()
 
     def replicated(self) -> int:
         """The sequence known to be on both copies (all of it without a live peer)."""
@@ -110,17 +135,16 @@ class Pair:
                   "term": self.term, "seq": self.library.last_seq, "entries": [],
                   "promote": False}
         if self.state in (ACTIVE, HANDING_OVER) and message.get("state") != ACTIVE:
-            after = int(message.get("after", 0))
-            if after > self.library.last_seq:
-                log.error("peer holds seq %d beyond ours %d: copies diverged", after,
-                          self.library.last_seq)
-            self.peer_acked = after
-            answer["entries"] = self.library.entries_after(after, ENTRIES_PER_PULL)
-            caught_up = after == self.library.last_seq
+            from app import replication  # the shipping half of the peer link
+            shipped, held = replication.answer_pull(self.library, message, ENTRIES_PER_PULL)
+            answer.update(shipped)
+            if held is not None:
+                self.peer_acked = held
+            caught_up = held == self.library.last_seq
             if self.state == HANDING_OVER and caught_up:
                 answer["promote"] = True
                 self.state = PASSIVE
-                log.warning("handover: peer holds seq %d; stepping down to passive", after)
+                log.warning("handover: peer holds seq %d; stepping down to passive", held)
         return answer
 
     def on_peer_answer(self, answer: dict[str, Any]) -> None:
