@@ -71,6 +71,16 @@ def finish_ps(processes: list[subprocess.Popen], timeout_s: float = PS_WAIT) -> 
         assert process.wait(timeout_s) == 0
 
 
+def published_count(files: list[tuple[int, str]]) -> int:
+    """Returns and renewals in the files (``--mix published`` still borrows a book
+    when a file has no loan left to return or renew)."""
+    total = 0
+    for _, path in files:
+        with open(path, encoding="utf-8") as handle:
+            total += sum(1 for line in handle if '"op": "PRESTAMO"' not in line)
+    return total
+
+
 def ga_field(system: cluster.Cluster, role: str, name: str):
     status = system.ga_status(role)
     return None if status is None else status.get(name)
@@ -132,7 +142,7 @@ def test_actors_started_after_the_ps_still_apply_everything(tmp_path):
 
         wait_for(lambda: caught_up(system), what="replica caught up")
         verdict = verdict_for(system, "primary", "backup")
-    assert verdict.checked["returns/renewals acknowledged"] == 600
+    assert verdict.checked["returns/renewals acknowledged"] == published_count(files)
     assert verdict.ok, verdict.render()
 
 
@@ -266,7 +276,7 @@ def test_100k_returns_and_renewals_at_full_speed(tmp_path):
         assert system.wait_applied(600)
         wait_for(lambda: caught_up(system), timeout_s=300, what="replica caught up")
         verdict = verdict_for(system, "primary", "backup")
-    assert verdict.checked["returns/renewals acknowledged"] == 100_000
+    assert verdict.checked["returns/renewals acknowledged"] == published_count(files)
     assert verdict.ok, verdict.render()
 
 
