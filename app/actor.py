@@ -113,7 +113,8 @@ class Actor:
                      protocol.request_label(request), status,
                      f" ({result['error']})" if result.get("error") else "")
             self.metrics.record(request["op"], request["idSolicitud"],
-                                request["idempotencyKey"], status, done - received)
+                                request["idempotencyKey"], status, done - received,
+                                run_id=request.get("runId"))
             if self.kind == "loan":
                 answer = {**result, "idSolicitud": request["idSolicitud"], "op": request["op"]}
                 self.inbox.send_multipart([*envelope, protocol.encode(answer)])

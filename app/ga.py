@@ -124,7 +124,7 @@ class StorageManager:
             log.debug("%s %s -> %s", op["op"], protocol.request_label(op), result["status"])
             self.metrics.record(op["op"], op["idSolicitud"], op["idempotencyKey"],
                                 "repeat" if result.get("repeat") else result["status"],
-                                elapsed, sede=op["sede"])
+                                elapsed, sede=op["sede"], run_id=op.get("runId"))
         described = self.pair.describe()
         for envelope, start, end in owners:
             self._reply(envelope, {"ok": True, "results": results[start:end], **described})

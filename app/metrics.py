@@ -1,7 +1,9 @@
 """Per-process metrics: one CSV row per timed event.
 
 Columns (M1): run_id, host, sede, component, instance, op, request_id,
-idempotency_key, status, latency_ms, ts. Files from several hosts are merged
+idempotency_key, status, latency_ms, ts. Long-running services tag a row with
+the run id the request carried (``runId``, set by the PS), so rows of one run can
+be picked out of a service's file. Files from several hosts are merged
 from these raw rows, so percentiles are never averaged.
 """
 
@@ -36,11 +38,12 @@ class MetricsWriter:
                 self._csv.writerow(COLUMNS)
 
     def record(self, op: str, request_id: str, key: str, status: str,
-               latency_s: float, sede: str | None = None) -> None:
+               latency_s: float, sede: str | None = None, run_id: str | None = None) -> None:
+        """One row; ``run_id`` and ``sede`` default to the process's own."""
         if self._handle is None:
             return
-        run_id, host, own_sede, component, instance = self.fixed
-        self._csv.writerow((run_id, host, sede or own_sede, component, instance, op,
+        own_run, host, own_sede, component, instance = self.fixed
+        self._csv.writerow((run_id or own_run, host, sede or own_sede, component, instance, op,
                             request_id, key, status, f"{latency_s * 1000:.3f}",
                             f"{time.time():.6f}"))
         now = time.monotonic()

@@ -6,7 +6,8 @@ A request travels as one JSON object in one ZeroMQ frame::
      "idLibro": "L0007", "sede": "SEDE1", "timestamp": "2026-12-04T15:00:00Z",
      "idempotencyKey": "PRESTAMO:S1-0001:L0007"}
 
-Every answer carries ``ok``; a refusal or an invalid request also carries
+A PS also adds ``runId``, which every hop copies into its metrics rows; fields
+beyond the contract travel unchanged. Every answer carries ``ok``; a refusal or an invalid request also carries
 ``error``; an answer to a request already seen carries ``repeat: true``.
 """
 

@@ -85,6 +85,7 @@ class RequestProcess:
                 self.totals["skipped"] += 1
                 log.error("%s line %d skipped: %s", self.args.file, number, error)
                 continue
+            request.setdefault("runId", self.args.run_id)
             self._send(request)
             if self.args.interval:
                 time.sleep(self.args.interval)
