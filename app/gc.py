@@ -94,6 +94,7 @@ class LoadManager:
 
     def _take_requests(self) -> None:
         to_store: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
+        stored_now: dict[str, dict[str, Any]] = {}  # key -> answer, this drain
         waiting: list[tuple[list[bytes], dict[str, Any]]] = []
         for frames in wire.waiting(self.requests, MAX_DRAIN):
             envelope, body = frames[:-1], frames[-1]
@@ -112,15 +113,16 @@ class LoadManager:
                 self.loans.send_multipart([*envelope, body])
                 self.counts["loans_forwarded"] += 1
                 continue
-            earlier = self.outbox.answer_for(request["idempotencyKey"]) or next(
-                (a for k, _, _, a in to_store if k == request["idempotencyKey"]), None)
+            key = request["idempotencyKey"]
+            earlier = stored_now.get(key) or self.outbox.answer_for(key)
             if earlier is not None:
                 log.info("repeat %s %s: answering as before", request["op"], label)
                 self.counts["repeats"] += 1
                 waiting.append((envelope, {**earlier, "repeat": True}))
                 continue
             payload, answer = self._accept(request)
-            to_store.append((request["idempotencyKey"], request["op"], payload, answer))
+            to_store.append((key, request["op"], payload, answer))
+            stored_now[key] = answer
             waiting.append((envelope, answer))
         if to_store:
             self._publish(self.outbox.accept(to_store))
