@@ -3,7 +3,8 @@
 ``python -m app.inspect --db FILE`` shows books on loan per sede, copies
 available, the latest operations (refusals included) and the replication
 position kept in the file; ``--ga ENDPOINT`` asks a running GA instead
-(role, state, term, sequence, replication lag); ``--backup OUT`` writes a
+(role, state, term, sequence, replication lag), and ``--watch 1`` keeps asking
+every second while a run goes on; ``--backup OUT`` writes a
 consistent copy of the database (SQLite online backup) for collection.
 """
 
@@ -13,6 +14,7 @@ import argparse
 import json
 import sqlite3
 import sys
+import time
 
 import zmq
 
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", action="append", default=[], help="database file (repeatable)")
     p.add_argument("--ga", action="append", default=[], help="live GA endpoint (repeatable)")
     p.add_argument("--backup", help="write a consistent copy of the single --db here")
+    p.add_argument("--watch", type=float, default=0,
+                   help="with --ga: ask again every this many seconds until Ctrl-C")
     args = p.parse_args(argv)
     if args.backup:
         backup(args.db[0], args.backup)
@@ -76,20 +80,35 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.db:
         print(render(path, summary(path)))
     context = zmq.Context()
+    try:
+        status = show_live(context, args.ga)
+        while args.watch and args.ga:
+            time.sleep(args.watch)
+            print(time.strftime("%H:%M:%S"))
+            status = show_live(context, args.ga)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        context.destroy(linger=0)
+    return status
+
+
+def show_live(context: zmq.Context, addresses: list[str]) -> int:
+    """One line per live GA; 1 if any of them did not answer."""
     status = 0
-    for address in args.ga:
+    for address in addresses:
         pirate = LazyPirate(context, address)
         answer = pirate.request({"type": "status"}, ASK_TIMEOUT)
         pirate.close()
         if answer is None:
-            print(f"GA {address}: no answer in {ASK_TIMEOUT} s")
+            print(f"GA {address}: no answer in {ASK_TIMEOUT} s", flush=True)
             status = 1
             continue
         print(f"GA {address}: role {answer['role']}, {answer['state']}, term {answer['term']},"
               f" seq {answer['seq']}, replicated {answer['replicated']}, lag "
               f"{answer['lag_ops']} ops, peer {'up' if answer['peer_alive'] else 'silent'}; "
-              f"on loan {answer['books_on_loan']}, available {answer['copies_available']}")
-    context.term()
+              f"on loan {answer['books_on_loan']}, available {answer['copies_available']}",
+              flush=True)
     return status
 
 
