@@ -184,7 +184,8 @@ class Pair:
 
     def _start_handover(self) -> dict[str, Any]:
         if self.state != ACTIVE:
-            return {"ok": False, "error": f"only the active GA can hand over (this is {self.state})"}
+            return {"ok": False,
+                    "error": f"only the active GA can hand over (this is {self.state})"}
         if not self.peer_alive():
             return {"ok": False, "error": "peer is not answering; nothing to hand over to"}
         self.state = HANDING_OVER
