@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench bench-failover lab-deps lint clean
+.PHONY: demo test test-fast bench bench-failover lab-deps lab-demo lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,12 @@ bench-failover: $(VENV)/.base
 
 lab-deps:
 	bash app/lab/deps.sh
+
+# The main job on the emulated lab (root): up, deploy, a run with the primary GA
+# stopped half way, collect, report, check, down. LAB_DEMO_ARGS="--hosts 3 --keep".
+lab-demo: $(VENV)/.ops
+	bash app/lab/deps.sh
+	$(BIN)/python -m app.lab demo $(LAB_DEMO_ARGS)
 
 clean:
 	rm -rf runs results wheelhouse .pytest_cache

@@ -5,6 +5,8 @@ lab down                  tear everything down
 lab status                hosts, addresses, sshd, systemd state
 lab link HOST down|up     partition a host from the bridge, or heal it
 lab ssh HOST [CMD...]     a shell or a command on a host, as root
+lab demo [--hosts 3|4]    up, deploy, a run with the primary GA stopped half way,
+                          collect, report, check, down (see app/lab/demo.py)
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import logging
 import sys
 
-from app.lab import control
+from app.lab import control, demo
 from app.lab.command import CommandError
 from app.lab.layout import ALL_HOSTS, host_named, hosts
 from app.lab.ssh import CONFIG_FILE
@@ -37,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     shell = commands.add_parser("ssh", help="ssh into a host")
     shell.add_argument("host", choices=names)
     shell.add_argument("remote_command", nargs=argparse.REMAINDER)
+
+    main_job = commands.add_parser("demo", help="the main job end to end, then lab down")
+    demo.add_arguments(main_job)
     return parser
 
 
@@ -85,12 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             return _down()
         if args.command == "status":
             return _status()
+        if args.command == "demo":
+            return demo.run(demo.options_from(args))
         if args.command == "link":
             control.set_link(host_named(args.host), up=args.state == "up")
             print(f"{args.host}: link {args.state}")
             return 0
         control.ssh_exec(host_named(args.host), args.remote_command)
-    except (control.LabError, CommandError) as error:
+    except (control.LabError, CommandError, demo.DemoError) as error:
         print(f"lab {args.command}: {error}", file=sys.stderr)
         if args.command == "up":
             print("run `lab down` to clean up what was started", file=sys.stderr)
