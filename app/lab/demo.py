@@ -311,7 +311,7 @@ class Demo:
         endpoint = self.topology.ga_endpoint(self.topology.replica)
         state = self._poll(lambda: _when(ga_status(endpoint), _is_active), FAILOVER_TIMEOUT,
                            f"replica {self.topology.replica} not active")
-        return _describe(self.topology.replica, state)
+        return describe(self.topology.replica, state)
 
     def finish_run(self) -> str:
         if self._run is None or self._run_log is None:
@@ -442,16 +442,21 @@ def _caught_up(old: dict[str, Any] | None, new: dict[str, Any] | None) -> tuple[
     return (new["term"], new["seq"])
 
 
-def _describe(host: str, state: dict[str, Any]) -> str:
+def describe(host: str, state: dict[str, Any]) -> str:
+    """One line about a GA's status answer."""
     return (f"{host}: role {state['role']}, {state['state']}, term {state['term']}, "
             f"seq {state['seq']}")
+
+
+def collected_text(found: dict[str, list[str]]) -> str:
+    return ", ".join(f"{host}: {len(files)} CSV" for host, files in found.items())
 
 
 def _tail(text: str) -> str:
     return "\n".join(text.rstrip().splitlines()[-LOG_TAIL:])
 
 
-def _recap_text(recap: Recap) -> str:
+def recap_text(recap: Recap) -> str:
     return "changed " + ", ".join(f"{h}={n}" for h, n in recap.changed().items())
 
 
@@ -470,18 +475,18 @@ def run(options: Options) -> int:
     status = 1
     try:
         demo.step("lab up", demo.up)
-        demo.step("deploy (ansible-playbook playbooks/deploy.yml)", demo.deploy, _recap_text)
+        demo.step("deploy (ansible-playbook playbooks/deploy.yml)", demo.deploy, recap_text)
         demo.step("start the run on the client host (fab run)", demo.start_run)
         demo.step("wait for the middle of the run", demo.wait_primary_busy)
         demo.step(f"stop the primary GA on {topology.primary}", demo.stop_primary)
         demo.step("wait for the replica to take over", demo.wait_replica_active)
         demo.step("wait for the run to complete on the replica", demo.finish_run)
         demo.step("confirm the replica is still active, the primary silent",
-                  demo.confirm_failover, lambda s: _describe(topology.replica, s))
+                  demo.confirm_failover, lambda s: describe(topology.replica, s))
         demo.step("start the old primary; wait until caught up and quiet",
                   demo.rejoin_old_primary)
         demo.step("fab collect-metrics", demo.collect,
-                  lambda found: ", ".join(f"{h}: {len(f)} CSV" for h, f in found.items()))
+                  collected_text)
         print(demo.step("report (python -m app.report)", demo.report, lambda _: ""))
         print(demo.step("consistency check over both GA databases", demo.check,
                         lambda _: "PASS"))
