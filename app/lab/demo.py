@@ -27,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -473,6 +474,7 @@ def run(options: Options) -> int:
           f"{options.ps_per_sede} PS per sede x {options.count} requests")
     begin = time.monotonic()
     status = 1
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         demo.step("lab up", demo.up)
         demo.step("deploy (ansible-playbook playbooks/deploy.yml)", demo.deploy, recap_text)
@@ -505,8 +507,14 @@ def run(options: Options) -> int:
                 print(f"lab down: {error}", file=sys.stderr)
                 status = status or 1
         demo.close()
+        signal.signal(signal.SIGTERM, previous)
     _summary(demo, time.monotonic() - begin, status)
     return status
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM ends the demo like Ctrl-C: through the finally that brings the lab down."""
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _summary(demo: Demo, seconds: float, status: int) -> None:
