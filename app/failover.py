@@ -131,6 +131,10 @@ class Pair:
         if kind != "peer":
             return None
         self._heard(message)
+        return self.ship(message)
+
+    def ship(self, message: dict[str, Any]) -> dict[str, Any]:
+        """The answer to a peer's message: our state, and entries if we lead."""
         answer = {"ok": True, "type": "peer", "state": self.state, "role": self.role,
                   "term": self.term, "seq": self.library.last_seq, "entries": [],
                   "promote": False}

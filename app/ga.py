@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from app import config, failover, metrics, protocol, replication, storage, wire
+from app import config, failover, held, metrics, protocol, replication, storage, wire
 from app import log as logsetup
 
 log = logging.getLogger("ga")
@@ -46,6 +46,7 @@ class StorageManager:
         self.pair = failover.Pair(args.role, self.library, has_peer=bool(args.peer))
         self.shipper = replication.Follower(self.context, args.peer, self.library,
                                             self.pair) if args.peer else None
+        self.held = held.Held(self._reply)
         self.running = True
         log.info("GA %s on %s, db %s at seq %d, peer %s", args.role, args.bind, args.db,
                  self.library.last_seq, args.peer or "none")
@@ -56,11 +57,12 @@ class StorageManager:
         if self.shipper:
             poller.register(self.shipper.socket, zmq.POLLIN)
         while self.running:
-            events = dict(poller.poll(POLL_INTERVAL * 1000))
+            events = dict(poller.poll(self._poll_timeout() * 1000))
             if not events:
                 logsetup.idle()
             if self.socket in events:
                 self._drain()
+            self.held.release()
             if self.shipper:
                 if self.shipper.socket in events:
                     self.shipper.on_reply()
@@ -69,6 +71,16 @@ class StorageManager:
                 if self.shipper.socket is not old:
                     poller.unregister(old)
                     poller.register(self.shipper.socket, zmq.POLLIN)
+
+    def _poll_timeout(self) -> float:
+        """Until the next thing due: a held answer's deadline or a message to the peer."""
+        due = [POLL_INTERVAL]
+        deadline = self.held.next_deadline()
+        if deadline is not None:
+            due.append(deadline - time.monotonic())
+        if self.shipper:
+            due.append(self.shipper.next_at - time.monotonic())
+        return max(0.0, min(due))
 
     def _drain(self) -> None:
         """Take every waiting request; apply the writes in one transaction."""
@@ -83,6 +95,8 @@ class StorageManager:
                 continue
             if message.get("type") == "apply":
                 writes.append((envelope, message))
+            elif message.get("type") == "peer":
+                self._answer_peer(envelope, message)
             else:
                 self._reply(envelope, self._control(message))
         if writes:
@@ -99,6 +113,21 @@ class StorageManager:
             return answer
         return {"ok": False, "error": f"unknown message type {kind!r}"}
 
+    def _answer_peer(self, envelope: list[bytes], message: dict[str, Any]) -> None:
+        """Answer the peer at once, unless it is a caught-up replica's pull: hold that."""
+        answer = self.pair.on_peer_message(message)
+        assert answer is not None
+        quiet = not (answer["entries"] or answer.get("promote") or answer.get("diverged")
+                     or answer.get("snapshot"))
+        caught_up = message.get("after") == self.library.last_seq
+        if not (quiet and caught_up and self.pair.state == failover.ACTIVE):
+            self._reply(envelope, answer)
+            return
+        start = self.library.last_seq
+        self.held.hold(envelope, lambda: self.library.last_seq > start or
+                       self.pair.state != failover.ACTIVE,
+                       lambda: self.pair.ship(message), held.PULL_HOLD)
+
     def _apply(self, writes: list[tuple[list[bytes], dict[str, Any]]]) -> None:
         if not self.pair.may_write():
             for envelope, _ in writes:
@@ -106,17 +135,18 @@ class StorageManager:
                                        **self.pair.describe()})
             return
         ops: list[dict[str, Any]] = []
-        owners: list[tuple[list[bytes], int, int]] = []
+        answers: list[tuple[list[bytes], list[Any]]] = []  # per request: op index or result
         for envelope, message in writes:
-            batch = [op for op in message.get("ops", []) if isinstance(op, dict)]
-            valid = []
-            for op in batch:
+            slots: list[Any] = []
+            for op in message.get("ops", []):
                 try:
-                    valid.append(protocol.validate(op))
+                    ops.append(protocol.validate(op if isinstance(op, dict) else {}))
+                    slots.append(len(ops) - 1)
                 except protocol.InvalidRequest as exc:
-                    log.warning("refused invalid op %s: %s", protocol.request_label(op), exc)
-            owners.append((envelope, len(ops), len(ops) + len(valid)))
-            ops.extend(valid)
+                    label = protocol.request_label(op) if isinstance(op, dict) else "-"
+                    log.warning("refused invalid op %s: %s", label, exc)
+                    slots.append({"ok": False, "status": "invalid", "error": str(exc)})
+            answers.append((envelope, slots))
         started = time.perf_counter()
         results = self.library.apply_batch(ops, self.pair.term) if ops else []
         elapsed = time.perf_counter() - started
@@ -125,9 +155,31 @@ class StorageManager:
             self.metrics.record(op["op"], op["idSolicitud"], op["idempotencyKey"],
                                 "repeat" if result.get("repeat") else result["status"],
                                 elapsed, sede=op["sede"], run_id=op.get("runId"))
-        described = self.pair.describe()
-        for envelope, start, end in owners:
-            self._reply(envelope, {"ok": True, "results": results[start:end], **described})
+        for envelope, slots in answers:
+            mine = [results[s] if isinstance(s, int) else s for s in slots]
+            self._answer_writes(envelope, mine, [ops[s] for s in slots if isinstance(s, int)])
+
+    def _answer_writes(self, envelope: list[bytes], results: list[dict[str, Any]],
+                       ops: list[dict[str, Any]]) -> None:
+        """Answer now, or, for a batch with a loan, once the replica holds it."""
+        def build() -> dict[str, Any]:
+            return {"ok": True, "results": results, **self.pair.describe()}
+
+        newest = max((r.get("seq", 0) for r in results), default=0)
+        has_loan = any(op["op"] == protocol.LOAN for op in ops)
+        if not has_loan or self.pair.replicated() >= newest:
+            self._reply(envelope, build())
+            return
+        started = time.monotonic()
+
+        def answered() -> dict[str, Any]:
+            if self.pair.replicated() < newest:
+                log.warning("loan batch up to seq %d answered before the replica holds it "
+                            "(waited %.2f s)", newest, time.monotonic() - started)
+            return build()
+
+        self.held.hold(envelope, lambda: self.pair.replicated() >= newest, answered,
+                       held.LOAN_REPLICA_WAIT)
 
     def _reply(self, envelope: list[bytes], answer: dict[str, Any]) -> None:
         self.socket.send_multipart([*envelope, protocol.encode(answer)])

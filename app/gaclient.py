@@ -12,12 +12,8 @@ because an asynchronous replica may not have received them before the primary
 died. ``take_safe`` hands back the keys that are on both copies, which is when a
 return or renewal may be confirmed to the GC.
 
-A batch holding a loan is answered only once it is on both copies too (or the
-active GA has no live peer): resending a loan to the replica after the primary
-died can change its outcome, because the returns and renewals of the other
-actors are resent in another order, so a reader told "granted" could find the
-log saying "refused". Waiting for the replica costs a loan about one pull of the
-replica (``app.replication``); if the GA dies during the wait, the loan is
+A batch holding a loan comes back only once the replica holds it too (the GA
+holds the answer, see ``app.held``); if the GA dies meanwhile, the loan is
 applied on the other GA and that outcome is the one answered.
 """
 
@@ -36,8 +32,6 @@ log = logging.getLogger("gaclient")
 
 GA_TIMEOUT = 1.0  # seconds to wait for a GA answer before trying the other GA
 PING_INTERVAL = 0.1  # seconds between watermark queries while keys wait
-LOAN_POLL = 0.01  # seconds between watermark queries while a loan waits for the replica
-LOAN_REPLICA_WAIT = 3.0  # seconds a loan waits for the replica before it is answered anyway
 
 
 class StorageClient:
@@ -65,7 +59,6 @@ class StorageClient:
         """Apply ops on the active GA; their results, or None if stopped first."""
         delays = backoff_delays()
         keys = {op["idempotencyKey"] for op in ops}
-        has_loan = any(op.get("op") == protocol.LOAN for op in ops)
         while self.running():
             carried = self._carried_over(keys)
             answer = self.pirates[self.current].request(
@@ -73,9 +66,7 @@ class StorageClient:
             if answer is not None and answer.get("ok"):
                 results = answer["results"]
                 self._learn(carried + ops, results, answer)
-                if not has_loan or self._wait_replicated(keys, ops[0]):
-                    return results[len(carried):]
-                answer = None
+                return results[len(carried):]
             why = "timed out" if answer is None else answer.get("error", "refused")
             self.retries += 1
             log.warning("%s: GA %s %s for %d ops (first %s); trying the other GA", self.name,
@@ -92,21 +83,6 @@ class StorageClient:
         log.warning("%s: resending %d unreplicated ops to %s", self.name, len(carried),
                     self.endpoint)
         return carried
-
-    def _wait_replicated(self, keys: set[str], first: dict[str, Any]) -> bool:
-        """Wait until these keys are on both copies; False if the GA stopped answering."""
-        deadline = time.monotonic() + LOAN_REPLICA_WAIT
-        while any(key in self.unreplicated for key in keys):
-            if time.monotonic() > deadline or not self.running():
-                log.warning("%s: answering %s before the replica holds it (waited %.1f s)",
-                            self.name, protocol.request_label(first), LOAN_REPLICA_WAIT)
-                return True
-            time.sleep(LOAN_POLL)
-            answer = self.pirates[self.current].request({"type": "ping"}, self.timeout_s)
-            if answer is None or not answer.get("active"):
-                return False
-            self._release(int(answer.get("replicated", 0)))
-        return True
 
     def _learn(self, ops: list[dict[str, Any]], results: list[dict[str, Any]],
                answer: dict[str, Any]) -> None:

@@ -1,13 +1,15 @@
 """The link from one GA to its peer: heartbeats, and log shipping to the replica.
 
-Each GA keeps one REQ socket to its peer and sends it, every HEARTBEAT_INTERVAL
-(every PULL_INTERVAL from the passive GA, at once again while entries keep
-coming), a ``peer`` message carrying its state
-and ``after``, the last sequence it holds (see ``app.failover`` for the wire
-format). The active GA answers with the entries after that sequence, in order;
-the passive GA applies them in one transaction each batch, so every change
-reaches the replica exactly once, in order, and a restarted replica resumes from
-its own last sequence. The request path never waits for any of this.
+Each GA keeps one REQ socket to its peer and sends it a ``peer`` message
+carrying its state and ``after``, the last sequence it holds (see
+``app.failover`` for the wire format): every HEARTBEAT_INTERVAL from an active
+GA, and from a passive GA again as soon as the last answer came. The active GA
+answers with the entries after that sequence, in order, and holds the pull of a
+replica that already has everything until new entries exist (``app.held``), so
+changes reach the replica within one round trip. The passive GA applies each
+batch in one transaction, so every change reaches the replica exactly once, in
+order, and a restarted replica resumes from its own last sequence. The request
+path never waits for any of this, except a loan's answer (``app.held``).
 
 A pull names the entry it ends with, so the active GA can tell a copy that is
 merely behind from one that diverged (an old primary that wrote entries the
@@ -41,7 +43,7 @@ from app import failover, protocol, storage
 log = logging.getLogger("replication")
 
 LAG_LOG_INTERVAL = 5.0  # seconds between lag lines in the replica's log
-PULL_INTERVAL = 0.02  # seconds between pulls of a caught-up replica (a loan waits for one)
+PULL_INTERVAL = 0.001  # seconds between a held pull's answer and the next pull
 RESYNC_TIMEOUT = 10.0  # seconds to wait for a snapshot before asking again
 SNAPSHOT_TABLES = ("books", "loans")  # copied whole; the oplog only after the common point
 
@@ -101,7 +103,10 @@ class Follower:
         # Keep pulling at once while behind; otherwise wait for the next heartbeat.
         passive = self.pair.state == failover.PASSIVE
         behind = passive and answer.get("seq", 0) > self.library.last_seq
-        pause = PULL_INTERVAL if passive else failover.HEARTBEAT_INTERVAL
+        # An active peer holds a caught-up pull until it has news (``app.held``), so a
+        # passive GA asks again at once; anything else is a plain heartbeat.
+        pause = PULL_INTERVAL if passive and answer.get("state") in (
+            failover.ACTIVE, failover.HANDING_OVER) else failover.HEARTBEAT_INTERVAL
         self.next_at = time.monotonic() + (0 if behind or entries else pause)
 
     def _follow(self, answer: dict[str, Any], entries: list[list[Any]]) -> None:
