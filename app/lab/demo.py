@@ -48,8 +48,8 @@ GA_PORT = 5570  # biblioteca_common_ports.ga in roles/biblioteca_common/defaults
 RESULTS_DIR = PROJECT_ROOT / "results"
 
 DEFAULT_PS_PER_SEDE = 2
-DEFAULT_COUNT = 400  # requests per PS: about 20 s of run on the 2-core build machine
-FAULT_AT = 0.15  # stop the primary once it applied this share of the run (the stop takes 1-2 s)
+DEFAULT_COUNT = 600  # requests per PS: the stop lands near the middle of the run
+FAULT_AT = 0.1  # stop the primary once it applied this share; fab fault takes 1.5-3 s more
 
 STATUS_TIMEOUT = 1.0  # seconds for a GA to answer a status request
 POLL_INTERVAL = 0.5  # seconds between two polls of a condition

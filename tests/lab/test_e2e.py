@@ -29,12 +29,12 @@ from pathlib import Path
 import pytest
 
 from app.lab import cgroups, control, rootfs
-from app.lab.demo import Demo, Options, collected_text, describe, recap_text
+from app.lab.demo import DEFAULT_COUNT, Demo, Options, collected_text, describe, recap_text
 from app.lab.layout import STATE_DIR
 
 HOST_COUNT = int(os.environ.get("BIB_E2E_HOSTS", "4"))
 PS_PER_SEDE = 2
-COUNT = 400  # requests per PS: long enough to stop the primary half way
+COUNT = DEFAULT_COUNT  # requests per PS, as `lab demo`: the stop lands mid-run
 
 TOOLS_MISSING = [
     name
