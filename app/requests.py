@@ -8,7 +8,8 @@ order the processes run in, every request is meaningful: returns and renewals of
 loans that exist (the seeded ones, or ones the same file took out before), loans
 of books with copies, and a few that must be refused (a third renewal, a book
 with no copies left, a book that does not exist). ``--mix published`` writes
-returns and renewals only. ``--showcase`` writes the two small files shipped
+returns and renewals only (once the known loans are returned, returns and
+renewals of books the reader does not hold, which the library refuses). ``--showcase`` writes the two small files shipped
 with the package, one per sede.
 """
 
@@ -44,6 +45,7 @@ class Share:
         self.sede = f"SEDE{sede}"
         self.rng = rng
         self.count = 0
+        self.loans_allowed = True
 
     def request(self, op: str, book: str, reader: str) -> dict[str, Any]:
         self.count += 1
@@ -64,17 +66,21 @@ class Share:
 
     def give_back(self) -> dict[str, Any]:
         if not self.active:
-            return self.loan()
+            return self.loan() if self.loans_allowed else self.unmatched(protocol.RETURN)
         book, reader, _ = self.active.pop(self.rng.randrange(len(self.active)))
         self.copies[book] += 1
         return self.request(protocol.RETURN, book, reader)
 
     def renew(self) -> dict[str, Any]:
         if not self.active:
-            return self.loan()
+            return self.loan() if self.loans_allowed else self.unmatched(protocol.RENEWAL)
         loan = self.rng.choice(self.active)
         loan[2] += 1
         return self.request(protocol.RENEWAL, loan[0], loan[1])
+
+    def unmatched(self, op: str) -> dict[str, Any]:
+        """A return or renewal of a book this reader does not hold: recorded as refused."""
+        return self.request(op, self.rng.choice(self.books), self.rng.choice(self.readers))
 
     def refused(self) -> dict[str, Any]:
         """A request the library must refuse."""
@@ -110,6 +116,7 @@ def shares(catalog_seed: int, sedes_ps: list[tuple[int, int]], rng: random.Rando
 
 def generate(share: Share, count: int, mix: str) -> list[dict[str, Any]]:
     weights = MIXES[mix]
+    share.loans_allowed = weights[0] > 0
     makers = (share.loan, share.give_back, share.renew)
     requests = []
     for _ in range(count):

@@ -77,7 +77,7 @@ def applied_rate(db_path: str) -> tuple[int, float]:
 def one_run(args: argparse.Namespace, workdir: str) -> dict[str, float]:
     folder = os.path.join(workdir, "requests")
     requests.main(["--ps", str(args.ps), "--count", str(args.count), "--seed", "11",
-                   "--out", folder])
+                   "--mix", args.mix, "--out", folder])
     with cluster.Cluster(workdir, replica=not args.no_replica, run_id="bench") as system:
         system.start_all()
         started = time.perf_counter()
@@ -109,6 +109,8 @@ def main() -> int:
     p.add_argument("--count", type=int, default=5000, help="requests per process")
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--no_replica", action="store_true")
+    p.add_argument("--mix", choices=("mixed", "published"), default="mixed",
+                   help="published: returns and renewals only")
     p.add_argument("--window", type=int, default=1,
                    help="requests each PS keeps in flight (1: one at a time)")
     args = p.parse_args()

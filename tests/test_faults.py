@@ -72,8 +72,7 @@ def finish_ps(processes: list[subprocess.Popen], timeout_s: float = PS_WAIT) -> 
 
 
 def published_count(files: list[tuple[int, str]]) -> int:
-    """Returns and renewals in the files (``--mix published`` still borrows a book
-    when a file has no loan left to return or renew)."""
+    """Returns and renewals in the files (all of their lines with ``--mix published``)."""
     total = 0
     for _, path in files:
         with open(path, encoding="utf-8") as handle:
