@@ -32,6 +32,7 @@ log = logging.getLogger("ga")
 
 POLL_INTERVAL = 0.1  # seconds between housekeeping passes when idle
 MAX_BATCH = 500  # operations applied in one transaction
+STOP_HANDOVER_WAIT = 3.0  # seconds a stopping active GA waits for its peer to take over
 
 
 class StorageManager:
@@ -48,6 +49,8 @@ class StorageManager:
                                             self.pair) if args.peer else None
         self.held = held.Held(self._reply)
         self.running = True
+        self.stop_requested = False  # set by SIGTERM/SIGINT
+        self.leave_by: float | None = None  # end of the handover a stop started
         log.info("GA %s on %s, db %s at seq %d, peer %s", args.role, args.bind, args.db,
                  self.library.last_seq, args.peer or "none")
 
@@ -57,6 +60,8 @@ class StorageManager:
         if self.shipper:
             poller.register(self.shipper.socket, zmq.POLLIN)
         while self.running:
+            if self.stop_requested:
+                self._leave()
             events = dict(poller.poll(self._poll_timeout() * 1000))
             if not events:
                 logsetup.idle()
@@ -71,6 +76,26 @@ class StorageManager:
                 if self.shipper.socket is not old:
                     poller.unregister(old)
                     poller.register(self.shipper.socket, zmq.POLLIN)
+
+    def _leave(self) -> None:
+        """On a stop, an active GA with a live peer first hands writing over to it.
+
+        Writes pause, the peer pulls every remaining entry and is told to take
+        over; then this GA exits. So ``systemctl stop`` of the primary loses no
+        acknowledged entry and the replica takes over without waiting for the
+        primary to fall silent. Bounded by STOP_HANDOVER_WAIT.
+        """
+        if self.leave_by is None:
+            self.leave_by = time.monotonic() + STOP_HANDOVER_WAIT
+            if self.pair.state == failover.ACTIVE and self.pair.peer_alive():
+                answer = self.pair.on_peer_message({"type": "handover"})
+                log.warning("stopping: handing over to the peer first: %s", answer)
+        handing_over = self.pair.state == failover.HANDING_OVER
+        if not handing_over or time.monotonic() > self.leave_by:
+            if handing_over:
+                log.warning("stopping: the peer did not take over within %.1f s",
+                            STOP_HANDOVER_WAIT)
+            self.running = False
 
     def _poll_timeout(self) -> float:
         """Until the next thing due: a held answer's deadline or a message to the peer."""
@@ -214,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     manager = StorageManager(args)
 
     def stop(signum, frame):
-        manager.running = False
+        manager.stop_requested = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
