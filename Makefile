@@ -1,9 +1,10 @@
-# Entry points: `make demo` runs the system locally, `make test` runs every test.
+# Entry points: `make lab-demo` (root) runs the main job on the emulated lab,
+# `make demo` runs the system as local processes, `make test` runs every test.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench bench-failover lab-deps lab-demo lint clean
+.PHONY: demo test test-fast bench bench-failover lab-deps lab-demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
