@@ -19,14 +19,13 @@ answers each once the GA has applied it (the loan is synchronous)::
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from typing import Any
 
 import zmq
 
-from app import config, gaclient, metrics, protocol, wire
+from app import config, lifecycle, gaclient, metrics, protocol, wire
 from app import log as logsetup
 
 log = logging.getLogger("actor")
@@ -124,6 +123,9 @@ class Actor:
         if keys and self.confirms is not None:
             self.confirms.send(protocol.encode({"confirm": keys}))
 
+    def stop(self) -> None:
+        self.running = False
+
     def close(self) -> None:
         self.storage.close()
         self.metrics.close()
@@ -146,19 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for a GA answer")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
-    actor = Actor(args)
-
-    def stop(signum, frame):
-        actor.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        actor.serve()
-    finally:
-        actor.close()
-        log.info("actor %s stopped", actor.name)
-    return 0
+    return lifecycle.run(Actor(args), f"actor {args.kind}-sede{args.sede}")
 
 
 if __name__ == "__main__":

@@ -18,14 +18,13 @@ described in ``app.replication`` and ``app.failover``.
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 import time
 from typing import Any
 
 import zmq
 
-from app import config, failover, held, metrics, protocol, replication, storage, wire
+from app import config, lifecycle, failover, held, metrics, protocol, replication, storage, wire
 from app import log as logsetup
 
 log = logging.getLogger("ga")
@@ -209,6 +208,9 @@ class StorageManager:
     def _reply(self, envelope: list[bytes], answer: dict[str, Any]) -> None:
         self.socket.send_multipart([*envelope, protocol.encode(answer)])
 
+    def stop(self) -> None:
+        self.stop_requested = True  # the loop hands over first (see _leave)
+
     def close(self) -> None:
         if self.shipper:
             self.shipper.close()
@@ -236,19 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="biblioteca.db")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
-    manager = StorageManager(args)
-
-    def stop(signum, frame):
-        manager.stop_requested = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        manager.serve()
-    finally:
-        manager.close()
-        log.info("GA stopped")
-    return 0
+    return lifecycle.run(StorageManager(args), f"GA {args.role}")
 
 
 if __name__ == "__main__":

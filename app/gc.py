@@ -25,14 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any
 
 import zmq
 
-from app import config, outbox, protocol, wire
+from app import config, lifecycle, outbox, protocol, wire
 from app import log as logsetup
 
 log = logging.getLogger("gc")
@@ -185,7 +184,11 @@ class LoadManager:
     def status(self) -> dict[str, Any]:
         return {"ok": True, "sede": self.sede, "pending": self.outbox.pending(), **self.counts}
 
+    def stop(self) -> None:
+        self.running = False
+
     def close(self) -> None:
+        log.info("GC sede %d counts: %s", self.sede, self.counts)
         for sock in (self.requests, self.publisher, self.confirms, self.loans):
             sock.close(linger=0)
         self.context.term()
@@ -202,19 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state_dir", default=".", help="folder of the outbox database")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
-    manager = LoadManager(args)
-
-    def stop(signum, frame):
-        manager.running = False
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        manager.serve()
-    finally:
-        manager.close()
-        log.info("GC sede %d stopped: %s", manager.sede, manager.counts)
-    return 0
+    return lifecycle.run(LoadManager(args), f"GC sede {args.sede}")
 
 
 if __name__ == "__main__":

@@ -107,11 +107,14 @@ class Library:
                 results.append(self._apply_one(request, stamp, term))
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
-            self.last_seq = self.db.execute(
-                "SELECT coalesce(max(seq), 0) FROM oplog").fetchone()[0]
+            self._roll_back()
             raise
         return results
+
+    def _roll_back(self) -> None:
+        """Undo the open transaction and forget the sequence numbers it used."""
+        self.db.execute("ROLLBACK")
+        self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM oplog").fetchone()[0]
 
     def _apply_one(self, request: dict[str, Any], stamp: str, term: int) -> dict[str, Any]:
         key = request["idempotencyKey"]
@@ -218,9 +221,7 @@ class Library:
                     raise ValueError(f"replica diverged at seq {seq}: {got} != {expected}")
             self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
-            self.last_seq = self.db.execute(
-                "SELECT coalesce(max(seq), 0) FROM oplog").fetchone()[0]
+            self._roll_back()
             raise
         return len(fresh)
 
