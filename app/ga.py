@@ -47,6 +47,8 @@ class StorageManager:
         self.shipper = replication.Follower(self.context, args.peer, self.library,
                                             self.pair) if args.peer else None
         self.held = held.Held(self._reply)
+        self.unshipped_since: float | None = None  # first write the replica has not pulled
+        self.loans_waiting = 0  # loan answers held until the replica has them
         self.running = True
         self.stop_requested = False  # set by SIGTERM/SIGINT
         self.leave_by: float | None = None  # end of the handover a stop started
@@ -102,8 +104,10 @@ class StorageManager:
         deadline = self.held.next_deadline()
         if deadline is not None:
             due.append(deadline - time.monotonic())
+        if self.unshipped_since is not None:
+            due.append(self.unshipped_since + held.PULL_LINGER - time.monotonic())
         if self.shipper:
-            due.append(self.shipper.next_at - time.monotonic())
+            due.append(self.shipper.due_in())
         return max(0.0, min(due))
 
     def _drain(self) -> None:
@@ -148,9 +152,22 @@ class StorageManager:
             self._reply(envelope, answer)
             return
         start = self.library.last_seq
-        self.held.hold(envelope, lambda: self.library.last_seq > start or
-                       self.pair.state != failover.ACTIVE,
-                       lambda: self.pair.ship(message), held.PULL_HOLD)
+        self.held.hold(envelope, lambda: self._pull_ready(start), lambda: self._ship(message),
+                       held.PULL_HOLD)
+
+    def _pull_ready(self, start: int) -> bool:
+        """Ship now: a loan waits for the replica, enough entries, or they waited enough."""
+        if self.pair.state != failover.ACTIVE:
+            return True
+        news = self.library.last_seq - start
+        if news <= 0:
+            return False
+        return bool(self.loans_waiting or news >= held.PULL_BATCH or (
+            time.monotonic() - (self.unshipped_since or 0.0) >= held.PULL_LINGER))
+
+    def _ship(self, message: dict[str, Any]) -> dict[str, Any]:
+        self.unshipped_since = None
+        return self.pair.ship(message)
 
     def _apply(self, writes: list[tuple[list[bytes], dict[str, Any]]]) -> None:
         if not self.pair.may_write():
@@ -174,6 +191,8 @@ class StorageManager:
         started = time.perf_counter()
         results = self.library.apply_batch(ops, self.pair.term) if ops else []
         elapsed = time.perf_counter() - started
+        if ops and self.unshipped_since is None:
+            self.unshipped_since = time.monotonic()
         for op, result in zip(ops, results):
             log.debug("%s %s -> %s", op["op"], protocol.request_label(op), result["status"])
             self.metrics.record(op["op"], op["idSolicitud"], op["idempotencyKey"],
@@ -195,8 +214,10 @@ class StorageManager:
             self._reply(envelope, build())
             return
         started = time.monotonic()
+        self.loans_waiting += 1
 
         def answered() -> dict[str, Any]:
+            self.loans_waiting -= 1
             if self.pair.replicated() < newest:
                 log.warning("loan batch up to seq %d answered before the replica holds it "
                             "(waited %.2f s)", newest, time.monotonic() - started)

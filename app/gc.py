@@ -86,6 +86,7 @@ class LoadManager:
             if self.requests in events:
                 self._take_requests()
             if time.monotonic() >= next_scan:
+                self.outbox.flush_confirmed()
                 due = self.outbox.due()
                 self._publish(due)
                 self.counts["republished"] += len(due)

@@ -3,9 +3,10 @@
 Two kinds wait here:
 
 - the replica's pull when it already holds everything (a long poll): it is
-  answered as soon as new entries are written, or after PULL_HOLD with nothing,
-  which still serves as the heartbeat; so changes reach the replica within one
-  round trip instead of one polling interval;
+  answered once new entries have gathered for PULL_LINGER (or PULL_BATCH of
+  them, or at once when a loan waits for the replica), or after PULL_HOLD with
+  nothing, which still serves as the heartbeat; so changes reach the replica
+  within a round trip plus PULL_LINGER, in batches;
 - the answer to a batch holding a loan, until the replica holds the batch (or
   the replica is declared dead, or LOAN_REPLICA_WAIT passes). A reader told
   "granted" must find that loan on whichever copy survives: if the primary died
@@ -25,6 +26,8 @@ from typing import Any, Callable
 log = logging.getLogger("held")
 
 PULL_HOLD = 0.2  # seconds a caught-up replica's pull may wait for new entries
+PULL_LINGER = 0.02  # seconds new entries may gather before the held pull is answered
+PULL_BATCH = 256  # new entries that answer the held pull at once
 LOAN_REPLICA_WAIT = 3.0  # seconds a loan answer waits for the replica at most
 
 

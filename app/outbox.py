@@ -37,6 +37,7 @@ class Outbox:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.confirmed: list[str] = []  # confirmed, not yet marked in the file
         # Everything unconfirmed from an earlier life is due for publishing now.
         self.open: dict[str, list[Any]] = {
             key: [topic, payload, 0.0] for key, topic, payload in self.db.execute(
@@ -72,15 +73,25 @@ class Outbox:
         return publish
 
     def confirm(self, keys: Iterable[str]) -> int:
-        """Mark keys applied; returns how many were still open."""
-        now = time.time()
+        """Mark keys applied; returns how many were still open.
+
+        The marks reach the file in batches (``flush_confirmed``): a confirmation
+        lost in a crash only makes the entry be published once more, and the
+        idempotency key absorbs that.
+        """
         done = [k for k in keys if self.open.pop(k, None) is not None]
-        if done:
-            self.db.execute("BEGIN")
-            self.db.executemany("UPDATE outbox SET confirmed_at = ? WHERE key = ?",
-                                [(now, k) for k in done])
-            self.db.execute("COMMIT")
+        self.confirmed.extend(done)
         return len(done)
+
+    def flush_confirmed(self) -> None:
+        if not self.confirmed:
+            return
+        now = time.time()
+        self.db.execute("BEGIN")
+        self.db.executemany("UPDATE outbox SET confirmed_at = ? WHERE key = ?",
+                            [(now, k) for k in self.confirmed])
+        self.db.execute("COMMIT")
+        self.confirmed = []
 
     def due(self) -> list[tuple[str, str, str]]:
         """Entries to publish now: never sent, or unconfirmed for RESEND_AFTER."""
@@ -101,4 +112,5 @@ class Outbox:
         return len(self.open)
 
     def close(self) -> None:
+        self.flush_confirmed()
         self.db.close()

@@ -70,14 +70,23 @@ class Follower:
         sock.connect(self.endpoint)
         return sock
 
+    def due_in(self) -> float:
+        """Seconds until tick() has something to do: send, or give up on an answer."""
+        now = time.monotonic()
+        if self.sent_at is not None:
+            return self.sent_at + self._patience() - now
+        return self.next_at - now
+
+    def _patience(self) -> float:
+        return RESYNC_TIMEOUT if self.resync_from is not None else (
+            failover.HEARTBEAT_INTERVAL * 2)
+
     def tick(self) -> None:
         """Send the next heartbeat when due; replace the socket if the peer is silent."""
         now = time.monotonic()
         self.pair.note_loop(now)
         if self.sent_at is not None:
-            patience = RESYNC_TIMEOUT if self.resync_from is not None else (
-                failover.HEARTBEAT_INTERVAL * 2)
-            if now - self.sent_at < patience:
+            if now - self.sent_at < self._patience():
                 return
             self.socket.close(linger=0)
             self.socket = self._open()
