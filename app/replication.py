@@ -187,7 +187,12 @@ def answer_pull(library: storage.Library, message: dict[str, Any], limit: int
         return {"entries": [], "snapshot": build_snapshot(library, common)}, None
     after = int(message.get("after", 0))
     key = message.get("after_key")
-    if after > 0 and "after_key" in message and entry_key(library, after) != key:
+    # The same key at the same sequence in another term is no proof of a common
+    # history: an actor resending its unreplicated operations after a failover can
+    # put one of them back at the very position the dead primary had given it.
+    mine = library.db.execute("SELECT key, term FROM oplog WHERE seq = ?", (after,)).fetchone()
+    theirs = (key, int(message.get("after_term", -1)))
+    if after > 0 and "after_key" in message and (mine is None or tuple(mine) != theirs):
         common = library.db.execute(
             "SELECT coalesce(max(seq), 0) FROM oplog WHERE seq <= ? AND term <= ?",
             (after, int(message.get("after_term", -1)))).fetchone()[0]
