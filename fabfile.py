@@ -18,13 +18,14 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from functools import cache
 from pathlib import Path
 
 from fabric import Connection, task
+
+from app.lab.command import beside_python
 from paramiko.client import RejectPolicy
 
 ROOT = Path(__file__).resolve().parent
@@ -53,10 +54,7 @@ FAULT_COMMANDS = {
 
 def _tool(name: str) -> str:
     """An Ansible command from the Python running fab, else from PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
+    found = beside_python(name)
     if found is None:
         sys.exit(f"{name} not found: install ansible-core next to fabric")
     return found

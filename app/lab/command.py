@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 DEFAULT_TIMEOUT = 30.0  # seconds
 
 log = logging.getLogger(__name__)
+
+
+def beside_python(name: str) -> str | None:
+    """A command installed next to the running Python (a venv's ansible, fab), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    return shutil.which(name)
 
 
 class CommandError(RuntimeError):

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 
 import zmq
 
-from app.lab import control
+from app.lab import command, control
 from app.lab.layout import PROJECT_ROOT, hosts
 
 INVENTORIES = {4: "inventory/lab.ini", 3: "inventory/lab-3.ini"}
@@ -136,10 +136,7 @@ class Recap:
 
 def tool(name: str) -> str:
     """A command installed beside this Python (the venv's ansible, fab), else on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.exists():
-        return str(beside)
-    found = shutil.which(name)
+    found = command.beside_python(name)
     if found is None:
         raise DemoError(f"{name} not found: pip install -e '.[ops]'")
     return found
