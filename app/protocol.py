@@ -7,8 +7,9 @@ A request travels as one JSON object in one ZeroMQ frame::
      "idempotencyKey": "PRESTAMO:S1-0001:L0007"}
 
 A PS also adds ``runId``, which every hop copies into its metrics rows; fields
-beyond the contract travel unchanged. Every answer carries ``ok``; a refusal or an invalid request also carries
-``error``; an answer to a request already seen carries ``repeat: true``.
+beyond the contract travel unchanged. Every answer carries ``ok``; a refusal or
+an invalid request also carries ``error``; an answer to a request already seen
+carries ``repeat: true``.
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=RETRIES)
     p.add_argument("--sede", default="", help="sede label for metrics rows")
     p.add_argument("--name", default="ps", help="instance name for logs and metrics")
-    p.add_argument("--shard", default="0/1", help="i/n: send only the lines of readers in share i of n")
+    p.add_argument("--shard", default="0/1",
+                   help="i/n: send only the lines of readers in share i of n")
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--window", type=int, default=1,
                    help="requests in flight at once (1: one at a time, as a reader would)")

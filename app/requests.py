@@ -9,8 +9,9 @@ loans that exist (the seeded ones, or ones the same file took out before), loans
 of books with copies, and a few that must be refused (a third renewal, a book
 with no copies left, a book that does not exist). ``--mix published`` writes
 returns and renewals only (once the known loans are returned, returns and
-renewals of books the reader does not hold, which the library refuses). ``--showcase`` writes the two small files shipped
-with the package, one per sede.
+renewals of books the reader does not hold, which the library refuses).
+``--showcase`` writes the two small files shipped with the package, one per
+sede.
 """
 
 from __future__ import annotations
