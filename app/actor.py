@@ -33,6 +33,7 @@ log = logging.getLogger("actor")
 MAX_BATCH = 256  # operations sent to the GA in one request
 IDLE_POLL = 0.05  # seconds to wait for work before checking replication again
 TOPICS = {"return": protocol.RETURN, "renewal": protocol.RENEWAL}
+OPERATION = {**TOPICS, "loan": protocol.LOAN}
 
 
 class Actor:
@@ -85,6 +86,9 @@ class Actor:
                         {"ok": True, "actor": self.name})])
                     continue
                 protocol.validate(request)
+                if request["op"] != OPERATION[self.kind]:
+                    raise protocol.InvalidRequest(
+                        f"the {self.kind} actor does not handle {request['op']}")
             except protocol.InvalidRequest as exc:
                 log.warning("%s: dropped invalid message: %s", self.name, exc)
                 if self.kind == "loan":

@@ -16,7 +16,12 @@ Rules:
   one with the higher (term, sequence, configured primary) becomes active; with
   its peer silent it serves only if it was the last writer it knows of (term 0
   and configured primary, or its own term is the one it last wrote in);
-- a passive GA adopts the term of its active peer;
+- a passive GA adopts the term of its active peer, and waits while its peer is
+  starting (the starting side decides);
+- every message between the two carries (boot, beat), and one older than the
+  newest heard is ignored, so a late resend cannot revive a state that is gone;
+- two active GAs in one term (which the rules above should prevent) end with the
+  one holding less data stepping down;
 - an active GA that hears of an active peer with a higher term steps down;
 - ``handover`` makes the active GA stop writing, wait until its peer has every
   entry, and tell it to take over (the way the primary role is handed back);
@@ -64,6 +69,9 @@ class Pair:
         self.peer_acked = 0  # highest seq the peer said it holds
         self.peer_seq = 0  # the peer's own last seq
         self.last_loop = time.monotonic()  # the GA loop's last pass
+        self.boot = time.time()  # this incarnation, for the peer to order our messages
+        self.beat = 0
+        self.peer_mark: tuple[float, int] = (0.0, 0)  # newest (boot, beat) heard
         self.resumed_at = -RESUME_QUARANTINE  # when this GA last came back from a freeze
         if not has_peer:
             self._remember_writer()
@@ -135,7 +143,8 @@ class Pair:
 
     def ship(self, message: dict[str, Any]) -> dict[str, Any]:
         """The answer to a peer's message: our state, and entries if we lead."""
-        answer = {"ok": True, "type": "peer", "state": self.state, "role": self.role,
+        answer = {"ok": True, "type": "peer", **self.stamp(), "state": self.state,
+                  "role": self.role,
                   "term": self.term, "seq": self.library.last_seq, "entries": [],
                   "promote": False}
         if self.state in (ACTIVE, HANDING_OVER) and message.get("state") != ACTIVE:
@@ -160,7 +169,19 @@ class Pair:
         if answer.get("promote") and answer.get("seq") == self.library.last_seq:
             self._become_active(max(self.term, self.peer_term) + 1, "handed over by peer")
 
+    def stamp(self) -> dict[str, Any]:
+        """Marks every message to the peer carries, so it can drop stale ones."""
+        self.beat += 1
+        return {"boot": self.boot, "beat": self.beat}
+
     def _heard(self, message: dict[str, Any]) -> None:
+        mark = (float(message.get("boot", 0.0)), int(message.get("beat", 0)))
+        if mark < self.peer_mark:
+            # Sent before something we already heard (a resend on a replaced socket
+            # can arrive late): acting on it would act on a state that is gone.
+            log.debug("stale message from the peer ignored: %s < %s", mark, self.peer_mark)
+            return
+        self.peer_mark = mark
         self.peer_seen = time.monotonic()
         self.peer_state = message.get("state", "")
         self.peer_seq = int(message.get("seq", 0))
@@ -174,8 +195,15 @@ class Pair:
                 log.error("peer is active in higher term %d (mine %d): stepping down",
                           self.peer_term, self.term)
                 self._set_passive("peer is active in a higher term")
+            elif (self.state == ACTIVE and self.peer_state == ACTIVE
+                  and self.peer_term == self.term and self._rank() < self.peer_rank):
+                log.error("peer is active in my own term %d with newer data: stepping down",
+                          self.term)
+                self._set_passive("two active GAs in one term; the peer leads")
             if self.state == PASSIVE and self.peer_term > self.term:
                 self._adopt_term(self.peer_term)
+        elif self.state == PASSIVE and self.peer_state == STARTING:
+            return  # the starting peer decides, from our state
         elif self.state in (STARTING, PASSIVE) and self.peer_state in (STARTING, PASSIVE):
             # Neither side writes: the one with the newest data leads.
             if self._rank() > self.peer_rank:

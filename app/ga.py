@@ -117,18 +117,25 @@ class StorageManager:
             envelope, body = frames[:-1], frames[-1]
             try:
                 message = protocol.decode(body, protocol.INTERNAL_MAX_BYTES)
-            except protocol.InvalidRequest as exc:
-                log.warning("bad message: %s", exc)
-                self._reply(envelope, {"ok": False, "error": str(exc)})
-                continue
-            if message.get("type") == "apply":
-                writes.append((envelope, message))
-            elif message.get("type") == "peer":
-                self._answer_peer(envelope, message)
-            else:
-                self._reply(envelope, self._control(message))
+                kind = message.get("type")
+                if kind == "apply":
+                    if not isinstance(message.get("ops"), list) or not message["ops"]:
+                        raise protocol.InvalidRequest("apply needs a non-empty list of ops")
+                    writes.append((envelope, message))
+                elif kind == "peer":
+                    self._answer_peer(envelope, message)
+                else:
+                    self._reply(envelope, self._control(message))
+            except (ValueError, TypeError, KeyError) as exc:  # InvalidRequest included
+                log.warning("bad message refused: %s", exc)
+                self._reply(envelope, {"ok": False, "error": f"bad message: {exc}"})
         if writes:
-            self._apply(writes)
+            try:
+                self._apply(writes)
+            except Exception as exc:  # the batch rolled back; the GA keeps serving
+                log.exception("batch of %d requests failed and was rolled back", len(writes))
+                for envelope, _ in writes:
+                    self._reply(envelope, {"ok": False, "error": f"batch failed: {exc}"})
 
     def _control(self, message: dict[str, Any]) -> dict[str, Any]:
         kind = message.get("type")

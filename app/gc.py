@@ -103,14 +103,14 @@ class LoadManager:
                 if request.get("type") == "status" and "op" not in request:
                     self.requests.send_multipart([*envelope, protocol.encode(self.status())])
                     continue
-                protocol.validate(request)
+                request = protocol.contract_only(protocol.validate(request))
             except protocol.InvalidRequest as exc:
                 self._refuse_invalid(envelope, body, exc)
                 continue
             label = protocol.request_label(request)
             if request["op"] == protocol.LOAN:
                 log.debug("loan %s forwarded to the loan actor", label)
-                self.loans.send_multipart([*envelope, body])
+                self.loans.send_multipart([*envelope, protocol.encode(request)])
                 self.counts["loans_forwarded"] += 1
                 continue
             key = request["idempotencyKey"]
@@ -152,7 +152,7 @@ class LoadManager:
         self.counts["invalid"] += 1
         request_id = "-"
         try:
-            request_id = str(protocol.decode(body).get("idSolicitud", "-"))
+            request_id = str(protocol.decode(body).get("idSolicitud", "-"))[:80]
         except protocol.InvalidRequest:
             pass
         log.warning("invalid request req=%s: %s", request_id, exc)

@@ -32,6 +32,7 @@ REQUIRED_FIELDS = ("op", "idSolicitud", "idUsuario", "idLibro", "sede", "timesta
                    "idempotencyKey")
 MAX_FIELD_CHARS = 200
 SEDES = ("SEDE1", "SEDE2")
+PASSED_ON = ("runId",)  # optional fields beyond the contract that travel with a request
 
 LOAN_DAYS = 14
 RENEWAL_DAYS = 7
@@ -63,6 +64,8 @@ def decode(frame: bytes, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
         message = json.loads(frame)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("malformed JSON: nested too deeply") from None
     if not isinstance(message, dict):
         raise InvalidRequest("a request must be a JSON object")
     return message
@@ -72,21 +75,38 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-def validate(request: dict[str, Any]) -> dict[str, Any]:
+def validate(request: Any) -> dict[str, Any]:
     """Check a request against the contract; return it unchanged or raise."""
+    if not isinstance(request, dict):
+        raise InvalidRequest("a request must be a JSON object")
     missing = [name for name in REQUIRED_FIELDS if not request.get(name)]
     if missing:
         raise InvalidRequest(f"missing field(s): {', '.join(missing)}")
-    for name in REQUIRED_FIELDS:
-        value = request[name]
+    for name in (*REQUIRED_FIELDS, *PASSED_ON):
+        value = request.get(name)
+        if value is None and name in PASSED_ON:
+            continue
         if not isinstance(value, str) or len(value) > MAX_FIELD_CHARS:
             raise InvalidRequest(f"field {name} must be a string of at most "
                                  f"{MAX_FIELD_CHARS} characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidRequest(f"field {name} is not valid text") from None
     if request["op"] not in OPERATIONS:
         raise InvalidRequest(f"unknown operation {request['op']!r}")
     if request["sede"] not in SEDES:
         raise InvalidRequest(f"unknown sede {request['sede']!r}")
     return request
+
+
+def contract_only(request: dict[str, Any]) -> dict[str, Any]:
+    """The request as it travels on: contract fields and ``runId``, nothing else.
+
+    Whatever else a client adds is dropped here, so no client can set a field
+    that a later hop fills in itself (the GA's ``appliedAt``, the GC's dates).
+    """
+    return {k: request[k] for k in (*REQUIRED_FIELDS, *PASSED_ON) if k in request}
 
 
 def complete(request: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ request sent again with the same key, up to ``--retries`` times, with a growing
 backoff. Each answer is printed; the run ends with::
 
     [PS sede1-1] total=40 ok=35 refused=4 failed=1 skipped=0
+
+and the exit status is 1 if any request got no answer at all (``failed``).
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ def read_requests(path: str, shard: tuple[int, int] = (0, 1)
     stay in file order within one process; bad lines go to shard 0.
     """
     index, count = shard
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
+            request: Any = None
             try:
-                request = json.loads(line)
+                request = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+            except UnicodeDecodeError as exc:
+                error = f"not UTF-8 text: {exc}"
             except json.JSONDecodeError as exc:
-                request, error = None, f"malformed JSON: {exc}"
+                error = f"malformed JSON: {exc}"
+            except RecursionError:
+                error = "malformed JSON: nested too deeply"
             else:
                 error = "" if isinstance(request, dict) else "not a JSON object"
             if error:
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         process.close()
     print(f"[PS {process.name}] " + " ".join(f"{k}={v}" for k, v in totals.items()),
           flush=True)
-    return 0
+    return 1 if totals["failed"] else 0
 
 
 if __name__ == "__main__":

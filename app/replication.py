@@ -92,7 +92,8 @@ class Follower:
             self.socket = self._open()
             self.sent_at = None
         if now >= self.next_at:
-            message = {"type": "peer", "state": self.pair.state, "role": self.pair.role,
+            message = {"type": "peer", **self.pair.stamp(), "state": self.pair.state,
+                       "role": self.pair.role,
                        "term": self.pair.term, "seq": self.library.last_seq,
                        **last_entry(self.library)}
             if self.resync_from is not None:

@@ -121,7 +121,7 @@ class Library:
         row = self.db.execute("SELECT result FROM oplog WHERE key = ?", (key,)).fetchone()
         if row:
             return {**json.loads(row[0]), "repeat": True}
-        stamped = {**request, "appliedAt": request.get("appliedAt", stamp)}
+        stamped = {**request, "appliedAt": stamp}  # never the client's: replay passes its own
         self.db.execute("SAVEPOINT op")
         try:
             result = self._decide(stamped)
@@ -187,8 +187,10 @@ class Library:
         if renewals >= protocol.MAX_RENEWALS:
             return {"ok": False, "status": "refused", "loanId": loan_id,
                     "error": f"loan {loan_id} already renewed {renewals} times"}
-        due = request.get("nuevaFechaEntrega") or (
-            day + dt.timedelta(days=protocol.RENEWAL_DAYS)).isoformat()
+        try:  # the GC's date travels with the renewal; anything else gets the rule's
+            due = dt.date.fromisoformat(request["nuevaFechaEntrega"]).isoformat()
+        except (KeyError, TypeError, ValueError):
+            due = (day + dt.timedelta(days=protocol.RENEWAL_DAYS)).isoformat()
         self.db.execute("UPDATE loans SET due_date = ?, renewals = renewals + 1 WHERE id = ?",
                         (due, loan_id))
         return {"ok": True, "status": "applied", "loanId": loan_id, "fechaEntrega": due}

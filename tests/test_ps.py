@@ -52,7 +52,7 @@ def test_ps_without_a_gc_times_out_and_reports_failure(tmp_path):
          f"tcp://127.0.0.1:{port}", "--timeout_ms", "200", "--retries", "2"],
         capture_output=True, text=True, timeout=30)
 
-    assert result.returncode == 0
+    assert result.returncode == 1
     assert "total=1 ok=0 refused=0 failed=1 skipped=0" in result.stdout
     assert result.stderr.count("no answer in 200 ms") == 3
 
