@@ -13,7 +13,8 @@ reads the request processes' rows (``ps-*.csv``) and the databases, and checks:
   or their book and loan tables.
 
 The database with the highest (term, sequence) is taken as the authoritative
-one. Exit status 1 on any violation.
+one. Exit status 1 on any violation, 2 when it cannot run (a folder or a
+database missing or unreadable, no PS rows at all).
 """
 
 from __future__ import annotations
@@ -172,7 +173,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", action="append", default=[], help="folder with ps-*.csv")
     p.add_argument("--db", action="append", required=True, help="database (1 or 2)")
     args = p.parse_args(argv)
-    verdict = check(args.metrics, args.db)
+    problems = [f"no such folder: {f}" for f in args.metrics if not os.path.isdir(f)]
+    problems += [f"no such database: {d}" for d in args.db if not os.path.isfile(d)]
+    if args.metrics and not problems and not any(
+            glob.glob(os.path.join(f, "**", "ps-*.csv"), recursive=True) for f in args.metrics):
+        problems.append("no request process rows (ps-*.csv) under the metrics folders")
+    if problems:
+        print("consistency check: cannot run: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    try:
+        verdict = check(args.metrics, args.db)
+    except sqlite3.DatabaseError as exc:
+        print(f"consistency check: cannot read a database: {exc}", file=sys.stderr)
+        return 2
     print(verdict.render())
     return 0 if verdict.ok else 1
 
