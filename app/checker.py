@@ -30,6 +30,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
+from app import storage
+
 SHOWN = 5  # examples printed per kind of violation
 
 
@@ -68,7 +70,7 @@ def acknowledged(folders: list[str]) -> dict[str, tuple[str, str]]:
 
 
 def open_db(path: str) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    return storage.open_readonly(path)
 
 
 def position(path: str) -> tuple[int, int]:

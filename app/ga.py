@@ -250,10 +250,7 @@ class StorageManager:
 
 def state_summary(library: storage.Library) -> dict[str, Any]:
     """Books on loan per sede and copies available, for status and inspection."""
-    db = library.db
-    on_loan = dict(db.execute("SELECT sede, count(*) FROM loans WHERE status = 'ACTIVE'"
-                              " GROUP BY sede").fetchall())
-    total, available = db.execute("SELECT sum(total), sum(available) FROM books").fetchone()
+    on_loan, total, available = storage.holdings(library.db)
     return {"books_on_loan": {str(k): v for k, v in on_loan.items()},
             "copies_total": total, "copies_available": available}
 

@@ -18,6 +18,7 @@ import time
 
 import zmq
 
+from app import storage
 from app.retry import LazyPirate
 
 LAST_OPERATIONS = 10
@@ -25,11 +26,9 @@ ASK_TIMEOUT = 2.0  # seconds to wait for a live GA
 
 
 def summary(path: str) -> dict:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = storage.open_readonly(path)
     try:
-        on_loan = dict(db.execute("SELECT sede, count(*) FROM loans WHERE status = 'ACTIVE'"
-                                  " GROUP BY sede").fetchall())
-        total, available = db.execute("SELECT sum(total), sum(available) FROM books").fetchone()
+        on_loan, total, available = storage.holdings(db)
         outcomes = dict(db.execute("SELECT outcome, count(*) FROM oplog GROUP BY outcome"))
         meta = dict(db.execute("SELECT name, value FROM meta").fetchall())
         last = db.execute("SELECT seq, op, request_id, outcome, result FROM oplog"
@@ -57,7 +56,7 @@ def render(path: str, state: dict) -> str:
 
 
 def backup(path: str, out: str) -> None:
-    source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    source = storage.open_readonly(path)
     target = sqlite3.connect(out)
     with target:
         source.backup(target)

@@ -71,6 +71,19 @@ def connect(path: str) -> sqlite3.Connection:
     return db
 
 
+def open_readonly(path: str) -> sqlite3.Connection:
+    """A connection that cannot change the file (for inspection and checks)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def holdings(db: sqlite3.Connection) -> tuple[dict[int, int], int, int]:
+    """(active loans per sede, copies in all, copies available)."""
+    on_loan = dict(db.execute("SELECT sede, count(*) FROM loans WHERE status = 'ACTIVE'"
+                              " GROUP BY sede").fetchall())
+    total, available = db.execute("SELECT sum(total), sum(available) FROM books").fetchone()
+    return on_loan, total, available
+
+
 class Library:
     """Applies operations to one copy of the library database."""
 

@@ -24,13 +24,12 @@ import datetime as dt
 import glob
 import os
 import signal
-import sqlite3
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from app import checker, cluster, requests  # noqa: E402
+from app import checker, cluster, requests, storage  # noqa: E402
 
 KILL_SHARE = 0.5  # share of the requests applied before the primary is killed
 WAIT = 600.0  # seconds for any phase (PS finishing, outboxes draining, catch-up)
@@ -51,7 +50,7 @@ def seq(system: cluster.Cluster, role: str) -> int:
 
 
 def first_write_after(db_path: str, term: int) -> dt.datetime | None:
-    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    db = storage.open_readonly(db_path)
     try:
         row = db.execute("SELECT min(applied_at) FROM oplog WHERE term > ?",
                          (term,)).fetchone()

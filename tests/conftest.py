@@ -7,13 +7,12 @@ sockets are closed with linger 0 and every receive has a timeout.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import Any, Iterator
 
 import pytest
 import zmq
 
-from app import cluster, protocol, seed
+from app import cluster, protocol, seed, storage
 
 ANSWER_TIMEOUT = 5.0  # seconds a test waits for any single answer
 
@@ -65,7 +64,7 @@ def request(op: str, book: str, reader: str, sede: int = 1, key: str | None = No
 
 
 def query(path: str, sql: str, *params: Any) -> list[tuple]:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db = storage.open_readonly(path)
     try:
         return db.execute(sql, params).fetchall()
     finally:
