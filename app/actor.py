@@ -66,7 +66,7 @@ class Actor:
 
     def serve(self) -> None:
         while self.running:
-            if self.inbox.poll(IDLE_POLL * 1000, zmq.POLLIN):
+            if self.inbox.poll(wire.ms(IDLE_POLL), zmq.POLLIN):
                 batch = self._drain()
                 if batch:
                     self._handle(batch)
@@ -82,7 +82,7 @@ class Actor:
             try:
                 request = protocol.decode(frames[-1])
                 if self.kind == "loan" and request.get("type") == "ping":
-                    self.inbox.send_multipart([*frames[:-1], protocol.encode(
+                    wire.send(self.inbox, [*frames[:-1], protocol.encode(
                         {"ok": True, "actor": self.name})])
                     continue
                 protocol.validate(request)
@@ -92,7 +92,7 @@ class Actor:
             except protocol.InvalidRequest as exc:
                 log.warning("%s: dropped invalid message: %s", self.name, exc)
                 if self.kind == "loan":
-                    self.inbox.send_multipart([*frames[:-1], protocol.encode(
+                    wire.send(self.inbox, [*frames[:-1], protocol.encode(
                         {"ok": False, "status": "invalid", "error": str(exc)})])
                 continue
             batch.append((frames[:-1], request, received))
@@ -120,7 +120,7 @@ class Actor:
                                 run_id=request.get("runId"))
             if self.kind == "loan":
                 answer = {**result, "idSolicitud": request["idSolicitud"], "op": request["op"]}
-                self.inbox.send_multipart([*envelope, protocol.encode(answer)])
+                wire.send(self.inbox, [*envelope, protocol.encode(answer)])
 
     def _confirm(self) -> None:
         keys = self.storage.take_safe()

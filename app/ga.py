@@ -48,6 +48,7 @@ class StorageManager:
                                             self.pair) if args.peer else None
         self.held = held.Held(self._reply)
         self.unshipped_since: float | None = None  # first write the replica has not pulled
+        self.pull_held = False  # the replica's pull waits here for new entries
         self.loans_waiting = 0  # loan answers held until the replica has them
         self.running = True
         self.stop_requested = False  # set by SIGTERM/SIGINT
@@ -63,7 +64,7 @@ class StorageManager:
         while self.running:
             if self.stop_requested:
                 self._leave()
-            events = dict(poller.poll(self._poll_timeout() * 1000))
+            events = dict(poller.poll(wire.ms(self._poll_timeout())))
             if not events:
                 logsetup.idle()
             if self.socket in events:
@@ -104,7 +105,7 @@ class StorageManager:
         deadline = self.held.next_deadline()
         if deadline is not None:
             due.append(deadline - time.monotonic())
-        if self.unshipped_since is not None:
+        if self.unshipped_since is not None and self.pull_held:
             due.append(self.unshipped_since + held.PULL_LINGER - time.monotonic())
         if self.shipper:
             due.append(self.shipper.due_in())
@@ -159,6 +160,7 @@ class StorageManager:
             self._reply(envelope, answer)
             return
         start = self.library.last_seq
+        self.pull_held = True
         self.held.hold(envelope, lambda: self._pull_ready(start), lambda: self._ship(message),
                        held.PULL_HOLD)
 
@@ -174,6 +176,7 @@ class StorageManager:
 
     def _ship(self, message: dict[str, Any]) -> dict[str, Any]:
         self.unshipped_since = None
+        self.pull_held = False
         return self.pair.ship(message)
 
     def _apply(self, writes: list[tuple[list[bytes], dict[str, Any]]]) -> None:
@@ -234,7 +237,7 @@ class StorageManager:
                        held.LOAN_REPLICA_WAIT)
 
     def _reply(self, envelope: list[bytes], answer: dict[str, Any]) -> None:
-        self.socket.send_multipart([*envelope, protocol.encode(answer)])
+        wire.send(self.socket, [*envelope, protocol.encode(answer)])
 
     def stop(self) -> None:
         self.stop_requested = True  # the loop hands over first (see _leave)

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from app import protocol
+from app import protocol, wire
 
 log = logging.getLogger("retry")
 
@@ -56,7 +56,7 @@ class LazyPirate:
         """Send once and wait; the answer, or None after a timeout (socket renewed)."""
         sock = self._open()
         sock.send(protocol.encode(message))
-        if sock.poll(timeout_s * 1000, zmq.POLLIN):
+        if sock.poll(wire.ms(timeout_s), zmq.POLLIN):
             return protocol.decode(sock.recv(), protocol.INTERNAL_MAX_BYTES)
         self.reset()
         return None
