@@ -10,10 +10,11 @@ repeated request gets its first answer back, marked as a repeat.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from typing import Any, Iterable
+
+from app import protocol
 
 RESEND_AFTER = 3.0  # seconds without confirmation before an entry is published again
 WINDOW = 20000  # entries published and not yet confirmed, at most
@@ -38,6 +39,8 @@ class Outbox:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         self.confirmed: list[str] = []  # confirmed, not yet marked in the file
+        # Every key ever accepted, so a new key (nearly all of them) needs no lookup.
+        self.known: set[str] = {key for (key,) in self.db.execute("SELECT key FROM outbox")}
         # Everything unconfirmed from an earlier life is due for publishing now.
         self.open: dict[str, list[Any]] = {
             key: [topic, payload, 0.0] for key, topic, payload in self.db.execute(
@@ -45,8 +48,10 @@ class Outbox:
 
     def answer_for(self, key: str) -> dict[str, Any] | None:
         """The answer already given for this key, if any."""
+        if key not in self.known:
+            return None
         row = self.db.execute("SELECT answer FROM outbox WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        return protocol.from_text(row[0]) if row else None
 
     def accept(self, entries: list[tuple[str, str, dict[str, Any], dict[str, Any]]]
                ) -> list[tuple[str, str, str]]:
@@ -56,7 +61,7 @@ class Outbox:
         room; the rest wait for ``due``).
         """
         now = time.time()
-        rows = [(k, t, json.dumps(p), json.dumps(a), now) for k, t, p, a in entries]
+        rows = [(k, t, protocol.to_text(p), protocol.to_text(a), now) for k, t, p, a in entries]
         self.db.execute("BEGIN")
         self.db.executemany(
             "INSERT OR IGNORE INTO outbox (key, topic, payload, answer, accepted_at)"
@@ -66,6 +71,7 @@ class Outbox:
         sent_at = time.monotonic() if send_now else 0.0
         publish = []
         for key, topic, payload, _, _ in rows:
+            self.known.add(key)
             if key not in self.open:
                 self.open[key] = [topic, payload, sent_at]
                 if send_now:

@@ -6,11 +6,15 @@ order and are matched by ``idSolicitud``. A request unanswered after its timeout
 makes the whole socket suspect: it is replaced (linger 0) and every request
 still in flight is sent again on the new one, with the same idempotency key,
 after a backoff with jitter. A request is given up after its retries run out.
+
+A paced process (``submit(request, due)``) sends each request at its due time
+whether or not earlier ones were answered, and its answer time counts from that
+due time: a stall then shows in every request it delayed, not only in the one
+that was slow (no coordinated omission).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -19,7 +23,7 @@ from typing import Any, Callable
 
 import zmq
 
-from app import protocol
+from app import protocol, wire
 from app.retry import backoff_delays
 
 log = logging.getLogger("pipeline")
@@ -53,32 +57,47 @@ class Pipeline:
         sock.connect(self.endpoint)
         return sock
 
-    def submit(self, request: dict[str, Any]) -> None:
-        """Send one request, first waiting for room in the window."""
+    def submit(self, request: dict[str, Any], due: float | None = None) -> None:
+        """Send one request, first waiting for room in the window (and its due time)."""
+        if due is not None:
+            while (wait := due - time.perf_counter()) > 0:
+                self.pump(wait)
         while len(self.flight) >= self.window:
             self.pump()
         now = time.perf_counter()
-        self.flight[request["idSolicitud"]] = InFlight(request, now, now)
-        self.socket.send_multipart([b"", protocol.encode(request)])
+        self.flight[request["idSolicitud"]] = InFlight(request, due or now, now)
+        wire.send(self.socket, [b"", protocol.encode(request)])
 
     def drain(self) -> None:
         """Wait until every request in flight is answered or given up."""
         while self.flight:
             self.pump()
 
-    def pump(self) -> None:
+    def pump(self, at_most: float | None = None) -> None:
+        """Take the answers that arrive within ``at_most`` seconds (or the timeout)."""
+        if not self.flight:
+            if at_most:
+                time.sleep(at_most)
+            return
         oldest = next(iter(self.flight.values()))
         wait = max(0.0, oldest.sent + self.timeout_s - time.perf_counter())
-        if self.socket.poll(wait * 1000, zmq.POLLIN):
-            while self.socket.get(zmq.EVENTS) & zmq.POLLIN:
-                self._take(self.socket.recv_multipart(zmq.NOBLOCK)[-1])
+        if at_most is not None and at_most < wait:
+            if self.socket.poll(wire.ms(at_most), zmq.POLLIN):
+                while wire.has_message(self.socket):
+                    self._take(wire.take(self.socket)[-1])
+            return
+        if self.socket.poll(wire.ms(wait), zmq.POLLIN):
+            while wire.has_message(self.socket):
+                self._take(wire.take(self.socket)[-1])
             return
         self._resend_all()
 
     def _take(self, body: bytes) -> None:
         try:
-            answer = json.loads(body)
-        except json.JSONDecodeError:
+            answer = protocol.from_text(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
             log.warning("unreadable answer from %s: %r", self.endpoint, body[:80])
             return
         entry = self.flight.pop(str(answer.get("idSolicitud")), None)
@@ -100,7 +119,7 @@ class Pipeline:
                 continue
             entry.attempts += 1
             entry.sent = now
-            self.socket.send_multipart([b"", protocol.encode(entry.request)])
+            wire.send(self.socket, [b"", protocol.encode(entry.request)])
 
     def close(self) -> None:
         self.socket.close(linger=0)

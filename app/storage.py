@@ -11,7 +11,6 @@ operations in sequence order on an identical copy gives identical results.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import sqlite3
 from typing import Any, Iterable
@@ -133,7 +132,7 @@ class Library:
         key = request["idempotencyKey"]
         row = self.db.execute("SELECT result FROM oplog WHERE key = ?", (key,)).fetchone()
         if row:
-            return {**json.loads(row[0]), "repeat": True}
+            return {**protocol.from_text(row[0]), "repeat": True}
         stamped = {**request, "appliedAt": stamp}  # never the client's: replay passes its own
         self.db.execute("SAVEPOINT op")
         try:
@@ -148,8 +147,8 @@ class Library:
             "INSERT INTO oplog (seq, key, op, request_id, sede, outcome, request, result,"
             " term, applied_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (self.last_seq, key, stamped["op"], stamped["idSolicitud"], stamped["sede"],
-             "applied" if result["ok"] else "refused", json.dumps(stamped),
-             json.dumps(result), term, stamped["appliedAt"]))
+             "applied" if result["ok"] else "refused", protocol.to_text(stamped),
+             protocol.to_text(result), term, stamped["appliedAt"]))
         self.db.execute("RELEASE op")
         return result
 
@@ -215,7 +214,7 @@ class Library:
         rows = self.db.execute(
             "SELECT seq, term, request, result FROM oplog WHERE seq > ? ORDER BY seq LIMIT ?",
             (seq, limit)).fetchall()
-        return [[s, t, json.loads(req), json.loads(res)] for s, t, req, res in rows]
+        return [[s, t, protocol.from_text(req), protocol.from_text(res)] for s, t, req, res in rows]
 
     def replay(self, entries: list[list[Any]]) -> int:
         """Apply shipped entries in one transaction; return how many were new.
