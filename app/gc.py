@@ -38,6 +38,8 @@ log = logging.getLogger("gc")
 
 MAX_DRAIN = 512  # requests taken from the socket before their outbox commit
 RESEND_SCAN = 0.25  # seconds between passes over unconfirmed outbox entries
+PUBLISH_LINGER = 0.02  # seconds accepted entries may gather before they are published
+PUBLISH_BATCH = 256  # accepted entries that are published at once, linger or not
 PUB_HWM = 200_000  # messages queued per subscriber before ZeroMQ would drop
 
 
@@ -54,6 +56,8 @@ class LoadManager:
         self.confirms = self._socket(zmq.PULL, bind=args.confirm)
         self.confirms.setsockopt(zmq.RCVHWM, 0)
         self.loans = self._socket(zmq.DEALER, connect=args.loan_actor)
+        self.unpublished: list[tuple[str, str, str]] = []  # accepted, in the outbox
+        self.publish_by: float | None = None  # when the oldest of them must go
         self.counts = {"accepted": 0, "answered": 0, "invalid": 0, "repeats": 0,
                        "loans_forwarded": 0, "confirmed": 0, "republished": 0}
         self.running = True
@@ -76,8 +80,10 @@ class LoadManager:
             poller.register(sock, zmq.POLLIN)
         next_scan = 0.0
         while self.running:
-            events = dict(poller.poll(RESEND_SCAN * 1000))
-            if not events:
+            wait = RESEND_SCAN if self.publish_by is None else max(
+                0.0, self.publish_by - time.monotonic())
+            events = dict(poller.poll(wire.ms(wait)))
+            if not events and self.publish_by is None:
                 logsetup.idle()
             if self.confirms in events:
                 self._take_confirmations()
@@ -85,6 +91,10 @@ class LoadManager:
                 self._relay_loan_answers()
             if self.requests in events:
                 self._take_requests()
+            if self.unpublished and (len(self.unpublished) >= PUBLISH_BATCH
+                                     or time.monotonic() >= self.publish_by):
+                self._publish(self.unpublished)
+                self.unpublished, self.publish_by = [], None
             if time.monotonic() >= next_scan:
                 self.outbox.flush_confirmed()
                 due = self.outbox.due()
@@ -101,7 +111,7 @@ class LoadManager:
             try:
                 request = protocol.decode(body)
                 if request.get("type") == "status" and "op" not in request:
-                    self.requests.send_multipart([*envelope, protocol.encode(self.status())])
+                    wire.send(self.requests, [*envelope, protocol.encode(self.status())])
                     continue
                 request = protocol.contract_only(protocol.validate(request))
             except protocol.InvalidRequest as exc:
@@ -110,7 +120,7 @@ class LoadManager:
             label = protocol.request_label(request)
             if request["op"] == protocol.LOAN:
                 log.debug("loan %s forwarded to the loan actor", label)
-                self.loans.send_multipart([*envelope, protocol.encode(request)])
+                wire.send(self.loans, [*envelope, protocol.encode(request)])
                 self.counts["loans_forwarded"] += 1
                 continue
             key = request["idempotencyKey"]
@@ -125,7 +135,9 @@ class LoadManager:
             stored_now[key] = answer
             waiting.append((envelope, answer))
         if to_store:
-            self._publish(self.outbox.accept(to_store))
+            if self.publish_by is None:
+                self.publish_by = time.monotonic() + PUBLISH_LINGER
+            self.unpublished.extend(self.outbox.accept(to_store))
             self.counts["accepted"] += len(to_store)
         for envelope, answer in waiting:
             self._send(envelope, answer)
@@ -161,11 +173,11 @@ class LoadManager:
 
     def _publish(self, entries: list[tuple[str, str, str]]) -> None:
         for _, topic, payload in entries:
-            self.publisher.send_multipart([topic.encode(), payload.encode()])
+            wire.send(self.publisher, [topic.encode(), payload.encode()])
 
     def _relay_loan_answers(self) -> None:
         for frames in wire.waiting(self.loans, MAX_DRAIN):
-            self.requests.send_multipart(frames)
+            wire.send(self.requests, frames)
             self.counts["answered"] += 1
 
     def _take_confirmations(self) -> None:
@@ -179,7 +191,7 @@ class LoadManager:
             self.counts["confirmed"] += self.outbox.confirm(keys)
 
     def _send(self, envelope: list[bytes], answer: dict[str, Any]) -> None:
-        self.requests.send_multipart([*envelope, protocol.encode(answer)])
+        wire.send(self.requests, [*envelope, protocol.encode(answer)])
         self.counts["answered"] += 1
 
     def status(self) -> dict[str, Any]:
