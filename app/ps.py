@@ -49,13 +49,11 @@ def read_requests(path: str, shard: tuple[int, int] = (0, 1)
                 continue
             request: Any = None
             try:
-                request = json.loads(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
+                request = protocol.from_text(raw.decode("utf-8-sig" if number == 1 else "utf-8"))
             except UnicodeDecodeError as exc:
                 error = f"not UTF-8 text: {exc}"
             except json.JSONDecodeError as exc:
                 error = f"malformed JSON: {exc}"
-            except RecursionError:
-                error = "malformed JSON: nested too deeply"
             else:
                 error = "" if isinstance(request, dict) else "not a JSON object"
             if error:
@@ -77,13 +75,14 @@ class RequestProcess:
                                              args.host, sede=args.sede)
         self.totals = {"total": 0, "ok": 0, "refused": 0, "failed": 0, "skipped": 0}
         self.pipeline = None
-        if args.window > 1:
+        if args.window > 1 or args.rate:
             self.pipeline = Pipeline(self.context, args.endpoint, args.window,
                                      args.timeout_ms / 1000, args.retries, self._record)
         self.running = True
 
     def run(self) -> dict[str, int]:
         shard = tuple(int(x) for x in self.args.shard.split("/"))
+        start, sent = time.perf_counter(), 0
         for number, request, error in read_requests(self.args.file, shard):  # type: ignore
             if not self.running:
                 break
@@ -93,6 +92,10 @@ class RequestProcess:
                 log.error("%s line %d skipped: %s", self.args.file, number, error)
                 continue
             request.setdefault("runId", self.args.run_id)
+            if self.args.rate:
+                self.pipeline.submit(request, start + sent / self.args.rate)  # type: ignore
+                sent += 1
+                continue
             self._send(request)
             if self.args.interval:
                 time.sleep(self.args.interval)
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="print only the summary")
     p.add_argument("--window", type=int, default=1,
                    help="requests in flight at once (1: one at a time, as a reader would)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="send this many requests per second on schedule, answered or not "
+                        "(at most --window in flight; answer times count from the schedule)")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
     process = RequestProcess(args)

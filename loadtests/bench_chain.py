@@ -18,11 +18,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import resource
+import shutil
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
+
+from typing import Any
 
 import zmq
 
@@ -30,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app import cluster, protocol, report, requests  # noqa: E402
 
 BASELINE_ROUND_TRIPS = 5000
+PACED_WINDOW = 256  # requests a paced PS may have in flight unless --window says otherwise
 
 
 def baseline_round_trip_ms() -> list[float]:
@@ -74,20 +79,45 @@ def applied_rate(db_path: str) -> tuple[int, float]:
     return count, count / span if span > 0 else float("nan")
 
 
-def one_run(args: argparse.Namespace, workdir: str) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a running process has used so far."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def service_cpu(system: cluster.Cluster) -> dict[str, float]:
+    """CPU seconds of every running service, by component name."""
+    used = {}
+    for name, component in system.components.items():
+        process = component.process
+        if process is not None and process.poll() is None and not name.startswith("ps-"):
+            used[name] = cpu_seconds(process.pid)
+    return used
+
+
+def one_run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     folder = os.path.join(workdir, "requests")
     requests.main(["--ps", str(args.ps), "--count", str(args.count), "--seed", "11",
                    "--mix", args.mix, "--out", folder])
     with cluster.Cluster(workdir, replica=not args.no_replica, run_id="bench") as system:
         system.start_all()
+        cpu_before = service_cpu(system)
         started = time.perf_counter()
+        pacing = ["--rate", str(args.rate / (2 * args.ps))] if args.rate else []
         processes = [system.ps(f"sede{s}-{i}", os.path.join(folder, f"sede{s}-{i}.jsonl"), s,
-                               "--quiet", "--window", str(args.window))
+                               "--quiet", "--window", str(args.window), *pacing)
                      for s in (1, 2) for i in range(1, args.ps + 1)]
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         for process in processes:
             process.wait(600)
         ps_wall = time.perf_counter() - started
         applied_all = system.wait_applied(300)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = {name: used - cpu_before.get(name, 0.0)
+               for name, used in service_cpu(system).items()}
+        cpu["ps (all)"] = (children.ru_utime + children.ru_stime
+                           - children_before.ru_utime - children_before.ru_stime)
     rows = report.read_rows([system.metrics])
     ps_rows = [r for r in rows if r["component"] == "ps"]
     acked = sum(r["status"] in ("ok", "refused") for r in ps_rows)
@@ -100,7 +130,7 @@ def one_run(args: argparse.Namespace, workdir: str) -> dict[str, float]:
             "ack_p50_ms": report.percentile(ack_ms, 50),
             "ack_p99_ms": report.percentile(ack_ms, 99),
             "loan_p50_ms": report.percentile(loan_ms, 50),
-            "loan_p99_ms": report.percentile(loan_ms, 99)}
+            "loan_p99_ms": report.percentile(loan_ms, 99), "cpu": cpu}
 
 
 def main() -> int:
@@ -113,15 +143,26 @@ def main() -> int:
                    help="published: returns and renewals only")
     p.add_argument("--window", type=int, default=1,
                    help="requests each PS keeps in flight (1: one at a time)")
+    p.add_argument("--rate", type=float, default=0.0,
+                   help="offered load: requests per second from all PS together, sent on "
+                        "schedule (open loop); answer times count from the schedule")
+    p.add_argument("--keep", default="", help="copy each run's folder under this folder")
     args = p.parse_args()
+    if args.rate and args.window == 1:
+        args.window = PACED_WINDOW
     base = baseline_round_trip_ms()
     base_p50, base_p99 = report.percentile(base, 50), report.percentile(base, 99)
     print(f"baseline bare ZeroMQ round trip: p50 {base_p50:.3f} ms, p99 {base_p99:.3f} ms")
     for n in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
             r = one_run(args, workdir)
-        print(f"run {n + 1}: {2 * args.ps} PS x {args.count} requests, window {args.window},"
-              f" replica {'off' if args.no_replica else 'on'}")
+            if args.keep:
+                kept = shutil.copytree(workdir, os.path.join(args.keep, f"run{n + 1}"),
+                                       dirs_exist_ok=True)
+                print(f"  logs, metrics and databases kept in {kept}")
+        offered = f"offered {args.rate:.0f} req/s" if args.rate else "full speed"
+        print(f"run {n + 1}: {2 * args.ps} PS x {args.count} requests, {offered}, window "
+              f"{args.window}, replica {'off' if args.no_replica else 'on'}")
         print(f"  acknowledged   {r['acked']:>7} of {r['requests']}  "
               f"{r['acked_per_s']:9.0f} req/s")
         print(f"  applied on GA  {r['applied']:>7}            {r['applied_per_s']:9.0f} ops/s"
@@ -130,6 +171,10 @@ def main() -> int:
               f"{r['ack_p50_ms'] / base_p50:.1f}x baseline, p99 {r['ack_p99_ms']:.3f} ms = "
               f"{r['ack_p99_ms'] / base_p99:.1f}x baseline")
         print(f"  loan answer p50 {r['loan_p50_ms']:.3f} ms, p99 {r['loan_p99_ms']:.3f} ms")
+        total = sum(r["cpu"].values())
+        print(f"  CPU per request: {1e6 * total / r['requests']:.0f} us in all; by component"
+              f" (us): " + ", ".join(f"{name} {1e6 * used / r['requests']:.0f}"
+                                     for name, used in sorted(r["cpu"].items())))
     return 0
 
 
