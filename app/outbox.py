@@ -14,7 +14,7 @@ import sqlite3
 import time
 from typing import Any, Iterable
 
-from app import protocol
+from app import checkpoint, protocol
 
 RESEND_AFTER = 3.0  # seconds without confirmation before an entry is published again
 WINDOW = 20000  # entries published and not yet confirmed, at most
@@ -38,6 +38,7 @@ class Outbox:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        self.checkpoints = checkpoint.Checkpointer(self.db, path)
         self.confirmed: list[str] = []  # confirmed, not yet marked in the file
         # Every key ever accepted, so a new key (nearly all of them) needs no lookup.
         self.known: set[str] = {key for (key,) in self.db.execute("SELECT key FROM outbox")}
@@ -119,4 +120,5 @@ class Outbox:
 
     def close(self) -> None:
         self.flush_confirmed()
+        self.checkpoints.stop()
         self.db.close()

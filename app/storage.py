@@ -15,7 +15,7 @@ import logging
 import sqlite3
 from typing import Any, Iterable
 
-from app import protocol
+from app import checkpoint, protocol
 
 log = logging.getLogger("storage")
 
@@ -89,6 +89,7 @@ class Library:
     def __init__(self, path: str) -> None:
         self.path = path
         self.db = connect(path)
+        self.checkpoints = checkpoint.Checkpointer(self.db, path)
         self.last_seq = self.db.execute("SELECT coalesce(max(seq), 0) FROM oplog").fetchone()[0]
 
     # -- metadata ---------------------------------------------------------------
@@ -240,4 +241,5 @@ class Library:
         return len(fresh)
 
     def close(self) -> None:
+        self.checkpoints.stop()
         self.db.close()
