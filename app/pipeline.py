@@ -82,7 +82,7 @@ class Pipeline:
         oldest = next(iter(self.flight.values()))
         wait = max(0.0, oldest.sent + self.timeout_s - time.perf_counter())
         if at_most is not None and at_most < wait:
-            if self.socket.poll(wire.ms(at_most), zmq.POLLIN):
+            if wire.wait_readable(self.socket, at_most):
                 while wire.has_message(self.socket):
                     self._take(wire.take(self.socket)[-1])
             return

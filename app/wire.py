@@ -12,6 +12,8 @@ raises ``zmq.Again``, and building that exception costs more than the receive;
 from __future__ import annotations
 
 import math
+import select
+import time
 from typing import Iterator, Sequence
 
 import zmq
@@ -23,6 +25,7 @@ except (ImportError, AttributeError):  # a pyzmq without the split: same calls, 
     _send, _recv, _option = zmq.Socket.send, zmq.Socket.recv, zmq.Socket.getsockopt
 
 EVENTS = int(zmq.EVENTS)
+FD = int(zmq.FD)
 RCVMORE = int(zmq.RCVMORE)
 POLLIN = int(zmq.POLLIN)
 SNDMORE = int(zmq.SNDMORE)
@@ -37,6 +40,23 @@ def ms(seconds: float) -> int:
     passed: a busy loop.
     """
     return max(0, math.ceil(seconds * 1000))
+
+
+def wait_readable(sock: zmq.Socket, seconds: float) -> bool:
+    """Wait up to ``seconds``, to the microsecond, for a message on ``sock``.
+
+    For schedules finer than ``ms`` allows. The socket's file descriptor only
+    signals that its state may have changed, so EVENTS is asked before each wait.
+    """
+    deadline = time.perf_counter() + seconds
+    fd = _option(sock, FD)
+    while True:
+        if _option(sock, EVENTS) & POLLIN:
+            return True
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            return False
+        select.select([fd], [], [], left)
 
 
 def send(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
