@@ -26,8 +26,11 @@ test: $(VENV)/.ops
 test-fast: $(VENV)/.base
 	$(BIN)/python -m pytest -p no:cacheprovider -m "not lab and not slow" --ignore=tests/deploy
 
+# Full speed on the mixed files, then returns/renewals at full speed and paced.
 bench: $(VENV)/.base
 	$(BIN)/python loadtests/bench_chain.py
+	$(BIN)/python loadtests/bench_chain.py --mix published --window 4
+	$(BIN)/python loadtests/bench_chain.py --mix published --rate 1000,3000,5000,6000
 
 bench-failover: $(VENV)/.base
 	$(BIN)/python loadtests/bench_failover.py

@@ -2,10 +2,17 @@
 
 Every accepted request is written here (and committed) before the PS gets its
 answer, so a GC that dies after answering still holds it. Entries are published
-and published again every RESEND_AFTER until the actor confirms the operation is
-applied on the storage side; at most WINDOW entries are in flight at once, so
-the PUB socket's queue never overflows. Keys stay after confirmation, so a
-repeated request gets its first answer back, marked as a repeat.
+until the actor confirms the operation is applied on the storage side; at most
+WINDOW entries are in flight at once, so the PUB socket's queue never overflows.
+Keys stay after confirmation, so a repeated request gets its first answer back,
+marked as a repeat.
+
+An entry unconfirmed for RESEND_AFTER is published again only if it looks lost:
+its topic's actor has confirmed an entry published after it (an actor applies
+and confirms in publication order), or has confirmed nothing at all for
+RESEND_AFTER (it is down, or cannot reach the GA). An actor that is merely
+behind is left to catch up: republishing its whole backlog would only make it
+further behind.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     accepted_at REAL NOT NULL,
     confirmed_at REAL
 );
-CREATE INDEX IF NOT EXISTS outbox_open ON outbox (confirmed_at) WHERE confirmed_at IS NULL;
+-- Open entries are read once, at start, by a scan: an index on them would cost
+-- every commit a page more for that one query.
+DROP INDEX IF EXISTS outbox_open;
 """
 
 
@@ -40,11 +49,15 @@ class Outbox:
         self.db.executescript(SCHEMA)
         self.checkpoints = checkpoint.Checkpointer(self.db, path)
         self.confirmed: list[str] = []  # confirmed, not yet marked in the file
+        self.published = 0  # publications so far; each open entry keeps the number of its last
+        self.confirmed_upto: dict[str, int] = {}  # topic -> newest publication confirmed
+        self.progress_at: dict[str, float] = {}  # topic -> when a confirmation last came
         # Every key ever accepted, so a new key (nearly all of them) needs no lookup.
         self.known: set[str] = {key for (key,) in self.db.execute("SELECT key FROM outbox")}
         # Everything unconfirmed from an earlier life is due for publishing now.
+        # An open entry: [topic, payload, published at (0.0: not yet), publication number].
         self.open: dict[str, list[Any]] = {
-            key: [topic, payload, 0.0] for key, topic, payload in self.db.execute(
+            key: [topic, payload, 0.0, 0] for key, topic, payload in self.db.execute(
                 "SELECT key, topic, payload FROM outbox WHERE confirmed_at IS NULL")}
 
     def answer_for(self, key: str) -> dict[str, Any] | None:
@@ -74,8 +87,10 @@ class Outbox:
         for key, topic, payload, _, _ in rows:
             self.known.add(key)
             if key not in self.open:
-                self.open[key] = [topic, payload, sent_at]
+                self.open[key] = [topic, payload, sent_at, 0]
                 if send_now:
+                    self.published += 1
+                    self.open[key][3] = self.published
                     publish.append((key, topic, payload))
         return publish
 
@@ -86,9 +101,18 @@ class Outbox:
         lost in a crash only makes the entry be published once more, and the
         idempotency key absorbs that.
         """
-        done = [k for k in keys if self.open.pop(k, None) is not None]
-        self.confirmed.extend(done)
-        return len(done)
+        now = time.monotonic()
+        done = 0
+        for key in keys:
+            entry = self.open.pop(key, None)
+            if entry is None:
+                continue
+            topic, number = entry[0], entry[3]
+            self.confirmed_upto[topic] = max(self.confirmed_upto.get(topic, 0), number)
+            self.progress_at[topic] = now
+            self.confirmed.append(key)
+            done += 1
+        return done
 
     def flush_confirmed(self) -> None:
         if not self.confirmed:
@@ -101,18 +125,24 @@ class Outbox:
         self.confirmed = []
 
     def due(self) -> list[tuple[str, str, str]]:
-        """Entries to publish now: never sent, or unconfirmed for RESEND_AFTER."""
+        """Entries to publish now: never published, or unconfirmed and looking lost."""
         now = time.monotonic()
-        in_flight = sum(1 for e in self.open.values() if now - e[2] < RESEND_AFTER)
+        in_flight = sum(1 for e in self.open.values() if e[2])
         budget = WINDOW - in_flight
         batch = []
         for key, entry in self.open.items():
-            if budget <= 0:
-                break
-            if now - entry[2] >= RESEND_AFTER:
-                entry[2] = now
-                batch.append((key, entry[0], entry[1]))
+            topic, _, sent_at, number = entry
+            if sent_at == 0.0:
+                if budget <= 0:
+                    continue
                 budget -= 1
+            elif not (now - sent_at >= RESEND_AFTER and (
+                    number < self.confirmed_upto.get(topic, 0)
+                    or now - self.progress_at.get(topic, 0.0) >= RESEND_AFTER)):
+                continue
+            self.published += 1
+            entry[2], entry[3] = now, self.published
+            batch.append((key, topic, entry[1]))
         return batch
 
     def pending(self) -> int:

@@ -1,16 +1,25 @@
-"""Throughput and answer times of the whole chain at full speed (a benchmark, not a test).
+"""Throughput and answer times of the whole chain (a benchmark, not a test).
 
-Starts the GA pair and both sedes locally, generates mixed request files, runs
-``--ps`` request processes per sede with no pause between requests, and prints:
+Starts the GA pair and both sedes locally, generates request files (``--mix``),
+runs ``--ps`` request processes per sede, and for each offered load prints:
 
 - acknowledged requests per second (answers the PS got, over the PS wall time);
 - applied operations per second on the primary GA (log entries over the span
   from the first to the last one);
-- ack p50/p99 per operation, from the PS metrics rows;
-- the same figures as ratios against a baseline measured in this run: a bare
-  ZeroMQ REQ/ROUTER round trip on loopback with the same message size.
+- ack p50/p99 of returns and renewals and p50/p99 of loan answers, from the PS
+  metrics rows, also as ratios against a baseline measured in this run: a bare
+  ZeroMQ REQ/ROUTER round trip on loopback with the same message size;
+- CPU time per request of every service and of the PS together;
+- whether the speed target holds (TARGET_APPLIED_PER_S with ack p99 under
+  TARGET_ACK_P99_MS);
 
-Usage: ``python loadtests/bench_chain.py [--ps 2] [--count 5000] [--repeat 1]``
+and a table of all runs at the end. A load is full speed (0: every PS sends as
+soon as it may, ``--window`` requests in flight) or a rate (the PS send on a
+fixed schedule whatever the answers, and an answer's time counts from its
+scheduled send, so a stall weighs on every request it delays).
+
+Usage: ``python loadtests/bench_chain.py [--mix published] [--window 4]
+[--rate 0,1000,5000] [--ps 2] [--count 5000] [--repeat 1] [--keep DIR]``
 """
 
 from __future__ import annotations
@@ -35,6 +44,8 @@ from app import cluster, protocol, report, requests  # noqa: E402
 
 BASELINE_ROUND_TRIPS = 5000
 PACED_WINDOW = 256  # requests a paced PS may have in flight unless --window says otherwise
+TARGET_APPLIED_PER_S = 5000  # the speed target: applied operations per second...
+TARGET_ACK_P99_MS = 2.0  # ...with return/renewal answers this fast at the 99th percentile
 
 
 def baseline_round_trip_ms() -> list[float]:
@@ -96,7 +107,8 @@ def service_cpu(system: cluster.Cluster) -> dict[str, float]:
     return used
 
 
-def one_run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
+def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
+            ) -> dict[str, Any]:
     folder = os.path.join(workdir, "requests")
     requests.main(["--ps", str(args.ps), "--count", str(args.count), "--seed", "11",
                    "--mix", args.mix, "--out", folder])
@@ -104,9 +116,9 @@ def one_run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         system.start_all()
         cpu_before = service_cpu(system)
         started = time.perf_counter()
-        pacing = ["--rate", str(args.rate / (2 * args.ps))] if args.rate else []
+        pacing = ["--rate", str(rate / (2 * args.ps))] if rate else []
         processes = [system.ps(f"sede{s}-{i}", os.path.join(folder, f"sede{s}-{i}.jsonl"), s,
-                               "--quiet", "--window", str(args.window), *pacing)
+                               "--quiet", "--window", str(window), *pacing)
                      for s in (1, 2) for i in range(1, args.ps + 1)]
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         for process in processes:
@@ -130,51 +142,85 @@ def one_run(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             "ack_p50_ms": report.percentile(ack_ms, 50),
             "ack_p99_ms": report.percentile(ack_ms, 99),
             "loan_p50_ms": report.percentile(loan_ms, 50),
-            "loan_p99_ms": report.percentile(loan_ms, 99), "cpu": cpu}
+            "loan_p99_ms": report.percentile(loan_ms, 99), "loans": len(loan_ms), "cpu": cpu}
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"0,2000,5000"`` -> [0.0, 2000.0, 5000.0]; 0 is full speed."""
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not rates or any(r < 0 for r in rates):
+        raise argparse.ArgumentTypeError("rates are numbers >= 0 (0: full speed)")
+    return rates
+
+
+def print_run(n: int, args: argparse.Namespace, rate: float, window: int,
+              r: dict[str, Any], base_p50: float, base_p99: float) -> None:
+    offered = f"offered {rate:.0f} req/s" if rate else "full speed"
+    print(f"run {n}: {2 * args.ps} PS x {args.count} {args.mix} requests, {offered}, window "
+          f"{window}, replica {'off' if args.no_replica else 'on'}")
+    print(f"  acknowledged   {r['acked']:>7} of {r['requests']}  {r['acked_per_s']:9.0f} req/s")
+    print(f"  applied on GA  {r['applied']:>7}            {r['applied_per_s']:9.0f} ops/s"
+          f"  (all returns/renewals applied: {bool(r['all_applied'])})")
+    print(f"  ack (return/renewal) p50 {r['ack_p50_ms']:.3f} ms = "
+          f"{r['ack_p50_ms'] / base_p50:.1f}x baseline, p99 {r['ack_p99_ms']:.3f} ms = "
+          f"{r['ack_p99_ms'] / base_p99:.1f}x baseline")
+    if r["loans"]:
+        print(f"  loan answer p50 {r['loan_p50_ms']:.3f} ms, p99 {r['loan_p99_ms']:.3f} ms")
+    total = sum(r["cpu"].values())
+    print(f"  CPU per request: {1e6 * total / r['requests']:.0f} us in all; by component"
+          f" (us): " + ", ".join(f"{name} {1e6 * used / r['requests']:.0f}"
+                                 for name, used in sorted(r["cpu"].items())))
+    met = r["applied_per_s"] >= TARGET_APPLIED_PER_S and r["ack_p99_ms"] < TARGET_ACK_P99_MS
+    print(f"  target (>= {TARGET_APPLIED_PER_S} applied ops/s and ack p99 < "
+          f"{TARGET_ACK_P99_MS:g} ms): {'met' if met else 'not met'}")
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ps", type=int, default=2, help="request processes per sede")
     p.add_argument("--count", type=int, default=5000, help="requests per process")
-    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=1, help="runs per load")
     p.add_argument("--no_replica", action="store_true")
     p.add_argument("--mix", choices=("mixed", "published"), default="mixed",
                    help="published: returns and renewals only")
     p.add_argument("--window", type=int, default=1,
                    help="requests each PS keeps in flight (1: one at a time)")
-    p.add_argument("--rate", type=float, default=0.0,
-                   help="offered load: requests per second from all PS together, sent on "
-                        "schedule (open loop); answer times count from the schedule")
+    p.add_argument("--rate", type=parse_rates, default=[0.0],
+                   help="offered loads, comma-separated: requests per second from all PS "
+                        "together, sent on schedule (open loop), answer times counted from "
+                        "the schedule; 0 is full speed (default)")
     p.add_argument("--keep", default="", help="copy each run's folder under this folder")
     args = p.parse_args()
-    if args.rate and args.window == 1:
-        args.window = PACED_WINDOW
     base = baseline_round_trip_ms()
     base_p50, base_p99 = report.percentile(base, 50), report.percentile(base, 99)
     print(f"baseline bare ZeroMQ round trip: p50 {base_p50:.3f} ms, p99 {base_p99:.3f} ms")
-    for n in range(args.repeat):
-        with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-            r = one_run(args, workdir)
-            if args.keep:
-                kept = shutil.copytree(workdir, os.path.join(args.keep, f"run{n + 1}"),
-                                       dirs_exist_ok=True)
-                print(f"  logs, metrics and databases kept in {kept}")
-        offered = f"offered {args.rate:.0f} req/s" if args.rate else "full speed"
-        print(f"run {n + 1}: {2 * args.ps} PS x {args.count} requests, {offered}, window "
-              f"{args.window}, replica {'off' if args.no_replica else 'on'}")
-        print(f"  acknowledged   {r['acked']:>7} of {r['requests']}  "
-              f"{r['acked_per_s']:9.0f} req/s")
-        print(f"  applied on GA  {r['applied']:>7}            {r['applied_per_s']:9.0f} ops/s"
-              f"  (all returns/renewals applied: {bool(r['all_applied'])})")
-        print(f"  ack (return/renewal) p50 {r['ack_p50_ms']:.3f} ms = "
-              f"{r['ack_p50_ms'] / base_p50:.1f}x baseline, p99 {r['ack_p99_ms']:.3f} ms = "
-              f"{r['ack_p99_ms'] / base_p99:.1f}x baseline")
-        print(f"  loan answer p50 {r['loan_p50_ms']:.3f} ms, p99 {r['loan_p99_ms']:.3f} ms")
-        total = sum(r["cpu"].values())
-        print(f"  CPU per request: {1e6 * total / r['requests']:.0f} us in all; by component"
-              f" (us): " + ", ".join(f"{name} {1e6 * used / r['requests']:.0f}"
-                                     for name, used in sorted(r["cpu"].items())))
+    summary = []
+    n = 0
+    for rate in args.rate:
+        window = PACED_WINDOW if rate and args.window == 1 else args.window
+        for _ in range(args.repeat):
+            n += 1
+            with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
+                r = one_run(args, workdir, rate, window)
+                if args.keep:
+                    kept = shutil.copytree(workdir, os.path.join(args.keep, f"run{n}"),
+                                           dirs_exist_ok=True)
+                    print(f"  logs, metrics and databases kept in {kept}")
+            print_run(n, args, rate, window, r, base_p50, base_p99)
+            summary.append((rate, window, r))
+    print(f"\n{args.mix} requests, {2 * args.ps} PS; answer times in ms")
+    print("| offered req/s | window | acked req/s | applied ops/s | ack p50 | ack p99 |"
+          " loan p50 | loan p99 | CPU us/request |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for rate, window, r in summary:
+        cpu = 1e6 * sum(r["cpu"].values()) / r["requests"]
+        loans = (f"{r['loan_p50_ms']:.1f} | {r['loan_p99_ms']:.1f}" if r["loans"] else "- | -")
+        load = f"{rate:.0f}" if rate else "full speed"
+        print(f"| {load} | {window} | {r['acked_per_s']:.0f} | {r['applied_per_s']:.0f} |"
+              f" {r['ack_p50_ms']:.2f} | {r['ack_p99_ms']:.2f} | {loans} | {cpu:.0f} |")
     return 0
 
 
