@@ -204,7 +204,9 @@ class StorageManager:
         if ops and self.unshipped_since is None:
             self.unshipped_since = time.monotonic()
         for op, result in zip(ops, results):
-            log.debug("%s %s -> %s", op["op"], protocol.request_label(op), result["status"])
+            log.info("%s %s -> %s%s", op["op"], protocol.request_label(op),
+                     "repeat" if result.get("repeat") else result["status"],
+                     f" ({result['error']})" if result.get("error") else "")
             self.metrics.record(op["op"], op["idSolicitud"], op["idempotencyKey"],
                                 "repeat" if result.get("repeat") else result["status"],
                                 elapsed, sede=op["sede"], run_id=op.get("runId"))

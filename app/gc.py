@@ -119,7 +119,7 @@ class LoadManager:
                 continue
             label = protocol.request_label(request)
             if request["op"] == protocol.LOAN:
-                log.debug("loan %s forwarded to the loan actor", label)
+                log.info("loan %s forwarded to the loan actor", label)
                 wire.send(self.loans, [*envelope, protocol.encode(request)])
                 self.counts["loans_forwarded"] += 1
                 continue
