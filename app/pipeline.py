@@ -45,6 +45,7 @@ class Pipeline:
     timeout_s: float
     retries: int
     on_answer: Callable[[dict[str, Any], dict[str, Any] | None, float], None]
+    running: Callable[[], bool] = lambda: True
     flight: "OrderedDict[str, InFlight]" = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
@@ -57,21 +58,36 @@ class Pipeline:
         sock.connect(self.endpoint)
         return sock
 
-    def submit(self, request: dict[str, Any], due: float | None = None) -> None:
-        """Send one request, first waiting for room in the window (and its due time)."""
+    def submit(self, request: dict[str, Any], due: float | None = None) -> bool:
+        """Send one request once its due time comes and the window has room.
+
+        Answers are matched by ``idSolicitud``, so a request waits while another
+        with the same id is in flight. False if the process was stopped first.
+        """
         if due is not None:
-            while (wait := due - time.perf_counter()) > 0:
+            while self.running() and (wait := due - time.perf_counter()) > 0:
                 self.pump(wait)
-        while len(self.flight) >= self.window:
+        request_id = request["idSolicitud"]
+        while self.running() and (len(self.flight) >= self.window or request_id in self.flight):
             self.pump()
+        if not self.running():
+            return False
+        if not self.flight:
+            self.delays = backoff_delays()  # each burst of trouble starts with short waits
         now = time.perf_counter()
-        self.flight[request["idSolicitud"]] = InFlight(request, due or now, now)
+        self.flight[request_id] = InFlight(request, due or now, now)
         wire.send(self.socket, [b"", protocol.encode(request)])
+        return True
 
     def drain(self) -> None:
-        """Wait until every request in flight is answered or given up."""
-        while self.flight:
+        """Wait until every request in flight is answered or given up; on a stop,
+        give up at once what is still in flight."""
+        while self.flight and self.running():
             self.pump()
+        now = time.perf_counter()
+        for entry in self.flight.values():
+            self.on_answer(entry.request, None, now - entry.started)
+        self.flight.clear()
 
     def pump(self, at_most: float | None = None) -> None:
         """Take the answers that arrive within ``at_most`` seconds (or the timeout)."""

@@ -65,10 +65,20 @@ def decode(frame: bytes, limit: int = MAX_MESSAGE_BYTES) -> dict[str, Any]:
     try:
         message = orjson.loads(frame)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # orjson's error is one
+        if isinstance(frame, bytes) and not utf8(frame):
+            raise InvalidRequest("not UTF-8 text") from None
         raise InvalidRequest(f"malformed JSON: {exc}") from None
     if not isinstance(message, dict):
         raise InvalidRequest("a request must be a JSON object")
     return message
+
+
+def utf8(frame: bytes) -> bool:
+    try:
+        frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def encode(message: dict[str, Any]) -> bytes:

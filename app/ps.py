@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -77,7 +78,8 @@ class RequestProcess:
         self.pipeline = None
         if args.window > 1 or args.rate:
             self.pipeline = Pipeline(self.context, args.endpoint, args.window,
-                                     args.timeout_ms / 1000, args.retries, self._record)
+                                     args.timeout_ms / 1000, args.retries, self._record,
+                                     running=lambda: self.running)
         self.running = True
 
     def run(self) -> dict[str, int]:
@@ -93,7 +95,9 @@ class RequestProcess:
                 continue
             request.setdefault("runId", self.args.run_id)
             if self.args.rate:
-                self.pipeline.submit(request, start + sent / self.args.rate)  # type: ignore
+                if not self.pipeline.submit(request, start + sent / self.args.rate):  # type: ignore
+                    self.totals["total"] -= 1  # stopped before it was sent
+                    break
                 sent += 1
                 continue
             self._send(request)
@@ -105,7 +109,8 @@ class RequestProcess:
 
     def _send(self, request: dict[str, Any]) -> None:
         if self.pipeline is not None:
-            self.pipeline.submit(request)
+            if not self.pipeline.submit(request):
+                self.totals["total"] -= 1  # stopped before it was sent
             return
         label = protocol.request_label(request)
         started = time.perf_counter()
@@ -146,6 +151,25 @@ class RequestProcess:
         self.context.term()
 
 
+def out_of_range(args) -> str:
+    """What is wrong with the numeric settings (from flags or the config file), if anything."""
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and (
+            math.isfinite(value))
+
+    if not (isinstance(args.window, int) and args.window >= 1):
+        return "--window must be a whole number of at least 1"
+    if not (number(args.rate) and args.rate >= 0):
+        return "--rate must be a number of requests per second, 0 or more (0: no schedule)"
+    if not (number(args.interval) and args.interval >= 0):
+        return "--interval must be a number of seconds, 0 or more"
+    if not (isinstance(args.timeout_ms, int) and args.timeout_ms >= 1):
+        return "--timeout_ms must be a whole number of milliseconds, at least 1"
+    if not (isinstance(args.retries, int) and args.retries >= 0):
+        return "--retries must be a whole number, 0 or more"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = config.parser("Request process (PS): sends a JSONL file of requests to a GC")
     p.add_argument("--file", required=True, help="JSONL request file")
@@ -164,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="send this many requests per second on schedule, answered or not "
                         "(at most --window in flight; answer times count from the schedule)")
     args = config.parse(p, argv)
+    problem = out_of_range(args)
+    if problem:
+        p.error(problem)
     logsetup.configure(args.log_level)
     process = RequestProcess(args)
 

@@ -3,9 +3,10 @@
 Starts the GA pair and both sedes locally, generates request files (``--mix``),
 runs ``--ps`` request processes per sede, and for each offered load prints:
 
-- acknowledged requests per second (answers the PS got, over the PS wall time);
+- acknowledged requests per second (answers the PS got, over the PS wall time,
+  start-up and the last answers included);
 - applied operations per second on the primary GA (log entries over the span
-  from the first to the last one);
+  from the first to the last one: a shorter span, so the figure is the higher);
 - ack p50/p99 of returns and renewals and p50/p99 of loan answers, from the PS
   metrics rows, also as ratios against a baseline measured in this run: a bare
   ZeroMQ REQ/ROUTER round trip on loopback with the same message size;
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import resource
 import shutil
@@ -43,7 +45,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from app import cluster, protocol, report, requests  # noqa: E402
 
 BASELINE_ROUND_TRIPS = 5000
+PS_WAIT = 600.0  # seconds a run's request processes may take
 PACED_WINDOW = 256  # requests a paced PS may have in flight unless --window says otherwise
+BEHIND = 0.9  # answered below this share of the offered rate: the run is overloaded
 TARGET_APPLIED_PER_S = 5000  # the speed target: applied operations per second...
 TARGET_ACK_P99_MS = 2.0  # ...with return/renewal answers this fast at the 99th percentile
 
@@ -122,7 +126,7 @@ def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
                      for s in (1, 2) for i in range(1, args.ps + 1)]
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         for process in processes:
-            process.wait(600)
+            process.wait(PS_WAIT)
         ps_wall = time.perf_counter() - started
         applied_all = system.wait_applied(300)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -145,15 +149,32 @@ def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
             "loan_p99_ms": report.percentile(loan_ms, 99), "loans": len(loan_ms), "cpu": cpu}
 
 
+def keep(workdir: str, target: str) -> None:
+    """Copy a run's folder to ``target``, replacing what an earlier call left there."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(workdir, target)
+    print(f"  logs, metrics and databases kept in {target}")
+
+
 def parse_rates(text: str) -> list[float]:
     """``"0,2000,5000"`` -> [0.0, 2000.0, 5000.0]; 0 is full speed."""
     try:
         rates = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not rates or any(r < 0 for r in rates):
+    if not rates or any(not math.isfinite(r) or r < 0 for r in rates):
         raise argparse.ArgumentTypeError("rates are numbers >= 0 (0: full speed)")
     return rates
+
+
+def at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def print_run(n: int, args: argparse.Namespace, rate: float, window: int,
@@ -167,6 +188,9 @@ def print_run(n: int, args: argparse.Namespace, rate: float, window: int,
     print(f"  ack (return/renewal) p50 {r['ack_p50_ms']:.3f} ms = "
           f"{r['ack_p50_ms'] / base_p50:.1f}x baseline, p99 {r['ack_p99_ms']:.3f} ms = "
           f"{r['ack_p99_ms'] / base_p99:.1f}x baseline")
+    if rate and r["acked_per_s"] < BEHIND * rate:
+        print(f"  behind schedule: {r['acked_per_s']:.0f} of {rate:.0f} req/s answered; the "
+              "chain (or the PS on this machine) could not keep up")
     if r["loans"]:
         print(f"  loan answer p50 {r['loan_p50_ms']:.3f} ms, p99 {r['loan_p99_ms']:.3f} ms")
     total = sum(r["cpu"].values())
@@ -180,13 +204,13 @@ def print_run(n: int, args: argparse.Namespace, rate: float, window: int,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ps", type=int, default=2, help="request processes per sede")
-    p.add_argument("--count", type=int, default=5000, help="requests per process")
-    p.add_argument("--repeat", type=int, default=1, help="runs per load")
+    p.add_argument("--ps", type=at_least_one, default=2, help="request processes per sede")
+    p.add_argument("--count", type=at_least_one, default=5000, help="requests per process")
+    p.add_argument("--repeat", type=at_least_one, default=1, help="runs per load")
     p.add_argument("--no_replica", action="store_true")
     p.add_argument("--mix", choices=("mixed", "published"), default="mixed",
                    help="published: returns and renewals only")
-    p.add_argument("--window", type=int, default=1,
+    p.add_argument("--window", type=at_least_one, default=1,
                    help="requests each PS keeps in flight (1: one at a time)")
     p.add_argument("--rate", type=parse_rates, default=[0.0],
                    help="offered loads, comma-separated: requests per second from all PS "
@@ -194,6 +218,14 @@ def main() -> int:
                         "the schedule; 0 is full speed (default)")
     p.add_argument("--keep", default="", help="copy each run's folder under this folder")
     args = p.parse_args()
+    slowest = min((r for r in args.rate if r), default=0.0)
+    if slowest and args.count / (slowest / (2 * args.ps)) > PS_WAIT:
+        p.error(f"at {slowest:g} req/s, {args.count} requests per PS take longer than "
+                f"{PS_WAIT:.0f} s: offer more or send fewer")
+    if args.keep:
+        if os.path.exists(args.keep) and not os.path.isdir(args.keep):
+            p.error(f"--keep {args.keep}: not a folder")
+        os.makedirs(args.keep, exist_ok=True)
     base = baseline_round_trip_ms()
     base_p50, base_p99 = report.percentile(base, 50), report.percentile(base, 99)
     print(f"baseline bare ZeroMQ round trip: p50 {base_p50:.3f} ms, p99 {base_p99:.3f} ms")
@@ -204,11 +236,11 @@ def main() -> int:
         for _ in range(args.repeat):
             n += 1
             with tempfile.TemporaryDirectory(prefix="bench-") as workdir:
-                r = one_run(args, workdir, rate, window)
-                if args.keep:
-                    kept = shutil.copytree(workdir, os.path.join(args.keep, f"run{n}"),
-                                           dirs_exist_ok=True)
-                    print(f"  logs, metrics and databases kept in {kept}")
+                try:
+                    r = one_run(args, workdir, rate, window)
+                finally:  # kept also when the run failed: that is when it is wanted
+                    if args.keep:
+                        keep(workdir, os.path.join(args.keep, f"run{n}"))
             print_run(n, args, rate, window, r, base_p50, base_p99)
             summary.append((rate, window, r))
     print(f"\n{args.mix} requests, {2 * args.ps} PS; answer times in ms")
