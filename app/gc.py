@@ -15,7 +15,8 @@ On its ROUTER socket (``bind``) it takes requests from PS (REQ) and answers::
     <- {"ok": true, "sede": 1, "accepted": 120, "pending": 3, "answered": 180, ...}
 
 Returns and renewals are stored in the outbox before the answer, then published
-on the PUB socket (``publish``) as two frames, topic and JSON; a renewal carries
+together every PUBLISH_LINGER (so the actors and the GA work in batches) on the
+PUB socket (``publish``), each as two frames, topic and JSON; a renewal carries
 ``fechaActual`` and ``nuevaFechaEntrega``. Actors confirm applied keys on the
 PULL socket (``confirm``) as ``{"confirm": ["k7", ...]}``.
 """
