@@ -204,11 +204,10 @@ class StorageManager:
         if ops and self.unshipped_since is None:
             self.unshipped_since = time.monotonic()
         for op, result in zip(ops, results):
-            log.info("%s %s -> %s%s", op["op"], protocol.request_label(op),
-                     "repeat" if result.get("repeat") else result["status"],
+            status = "repeat" if result.get("repeat") else result["status"]
+            log.info("%s %s -> %s%s", op["op"], protocol.request_label(op), status,
                      f" ({result['error']})" if result.get("error") else "")
-            self.metrics.record(op["op"], op["idSolicitud"], op["idempotencyKey"],
-                                "repeat" if result.get("repeat") else result["status"],
+            self.metrics.record(op["op"], op["idSolicitud"], op["idempotencyKey"], status,
                                 elapsed, sede=op["sede"], run_id=op.get("runId"))
         for envelope, slots in answers:
             mine = [results[s] if isinstance(s, int) else s for s in slots]

@@ -82,17 +82,21 @@ class Outbox:
             " VALUES (?, ?, ?, ?, ?)", rows)
         self.db.execute("COMMIT")
         send_now = len(self.open) < WINDOW
-        sent_at = time.monotonic() if send_now else 0.0
+        sent_at = time.monotonic()
         publish = []
         for key, topic, payload, _, _ in rows:
             self.known.add(key)
             if key not in self.open:
-                self.open[key] = [topic, payload, sent_at, 0]
+                entry = self.open[key] = [topic, payload, 0.0, 0]
                 if send_now:
-                    self.published += 1
-                    self.open[key][3] = self.published
-                    publish.append((key, topic, payload))
+                    publish.append(self._publication(key, entry, sent_at))
         return publish
+
+    def _publication(self, key: str, entry: list[Any], now: float) -> tuple[str, str, str]:
+        """Number an entry's next publication; (key, topic, payload) to publish."""
+        self.published += 1
+        entry[2], entry[3] = now, self.published
+        return key, entry[0], entry[1]
 
     def confirm(self, keys: Iterable[str]) -> int:
         """Mark keys applied; returns how many were still open.
@@ -140,9 +144,7 @@ class Outbox:
                     number < self.confirmed_upto.get(topic, 0)
                     or now - self.progress_at.get(topic, 0.0) >= RESEND_AFTER)):
                 continue
-            self.published += 1
-            entry[2], entry[3] = now, self.published
-            batch.append((key, topic, entry[1]))
+            batch.append(self._publication(key, entry, now))
         return batch
 
     def pending(self) -> int:

@@ -28,6 +28,8 @@ from app.retry import backoff_delays
 
 log = logging.getLogger("pipeline")
 
+MAX_TAKE = 1024  # answers taken in one pass; the rest wait for the next one
+
 
 @dataclass
 class InFlight:
@@ -97,16 +99,12 @@ class Pipeline:
             return
         oldest = next(iter(self.flight.values()))
         wait = max(0.0, oldest.sent + self.timeout_s - time.perf_counter())
-        if at_most is not None and at_most < wait:
-            if wire.wait_readable(self.socket, at_most):
-                while wire.has_message(self.socket):
-                    self._take(wire.take(self.socket)[-1])
-            return
-        if self.socket.poll(wire.ms(wait), zmq.POLLIN):
-            while wire.has_message(self.socket):
-                self._take(wire.take(self.socket)[-1])
-            return
-        self._resend_all()
+        paced = at_most is not None and at_most < wait  # back before the timeout is due
+        if wire.wait_readable(self.socket, at_most if paced else wait):
+            for frames in wire.waiting(self.socket, MAX_TAKE):
+                self._take(frames[-1])
+        elif not paced:
+            self._resend_all()
 
     def _take(self, body: bytes) -> None:
         try:

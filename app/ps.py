@@ -94,24 +94,21 @@ class RequestProcess:
                 log.error("%s line %d skipped: %s", self.args.file, number, error)
                 continue
             request.setdefault("runId", self.args.run_id)
-            if self.args.rate:
-                if not self.pipeline.submit(request, start + sent / self.args.rate):  # type: ignore
-                    self.totals["total"] -= 1  # stopped before it was sent
-                    break
-                sent += 1
-                continue
-            self._send(request)
+            due = start + sent / self.args.rate if self.args.rate else None
+            if not self._send(request, due):
+                self.totals["total"] -= 1  # stopped before it was sent
+                break
+            sent += 1
             if self.args.interval:
                 time.sleep(self.args.interval)
         if self.pipeline is not None:
             self.pipeline.drain()
         return self.totals
 
-    def _send(self, request: dict[str, Any]) -> None:
+    def _send(self, request: dict[str, Any], due: float | None = None) -> bool:
+        """Send one request (at ``due``, if paced); False if stopped before it went."""
         if self.pipeline is not None:
-            if not self.pipeline.submit(request):
-                self.totals["total"] -= 1  # stopped before it was sent
-            return
+            return self.pipeline.submit(request, due)
         label = protocol.request_label(request)
         started = time.perf_counter()
         delays = backoff_delays()
@@ -125,6 +122,7 @@ class RequestProcess:
             if attempt < self.args.retries:
                 time.sleep(next(delays))
         self._record(request, answer, time.perf_counter() - started)
+        return True
 
     def _record(self, request: dict[str, Any], answer: dict[str, Any] | None,
                 elapsed: float) -> None:

@@ -51,7 +51,7 @@ def wait_readable(sock: zmq.Socket, seconds: float) -> bool:
     deadline = time.perf_counter() + seconds
     fd = _option(sock, FD)
     while True:
-        if _option(sock, EVENTS) & POLLIN:
+        if has_message(sock):
             return True
         left = deadline - time.perf_counter()
         if left <= 0:
@@ -81,6 +81,6 @@ def has_message(sock: zmq.Socket) -> bool:
 def waiting(sock: zmq.Socket, limit: int) -> Iterator[list[bytes]]:
     """Up to ``limit`` multipart messages that are already queued on ``sock``."""
     for _ in range(limit):
-        if not _option(sock, EVENTS) & POLLIN:
+        if not has_message(sock):
             return
         yield take(sock)
