@@ -29,9 +29,23 @@ LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that nothing listens on.
+
+    Each socket stays bound until all are chosen: closed one by one, the kernel
+    may hand the same port out twice, and two components would then race for it.
+    """
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def endpoint(port: int) -> str:
@@ -63,11 +77,10 @@ class Cluster:
         os.makedirs(self.logs, exist_ok=True)
         os.makedirs(self.metrics, exist_ok=True)
         self.context = zmq.Context()
-        for name in ("ga-primary", "ga-backup"):
-            self.ports[name] = free_port()
-        for sede in self.sedes:
-            for part in ("requests", "publish", "confirm", "loan"):
-                self.ports[f"gc{sede}-{part}"] = free_port()
+        names = ["ga-primary", "ga-backup"] + [
+            f"gc{sede}-{part}" for sede in self.sedes
+            for part in ("requests", "publish", "confirm", "loan")]
+        self.ports.update(zip(names, free_ports(len(names))))
 
     # -- addresses and paths ---------------------------------------------------
 
@@ -151,6 +164,8 @@ class Cluster:
                 self.assert_alive(name)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} did not answer within {READY_TIMEOUT} s")
+        for name in self.components:  # an answer may have come from another process
+            self.assert_alive(name)
 
     def assert_alive(self, name: str) -> None:
         process = self.components[name].process
