@@ -164,8 +164,9 @@ class Cluster:
                 self.assert_alive(name)
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{name} did not answer within {READY_TIMEOUT} s")
-        for name in self.components:  # an answer may have come from another process
-            self.assert_alive(name)
+        for name, component in self.components.items():  # an answer may have come
+            if component.process is not None:              # from another process
+                self.assert_alive(name)
 
     def assert_alive(self, name: str) -> None:
         process = self.components[name].process
