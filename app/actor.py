@@ -25,7 +25,7 @@ from typing import Any
 
 import zmq
 
-from app import config, lifecycle, gaclient, metrics, protocol, wire
+from app import config, gaclient, lifecycle, metrics, priority, protocol, wire
 from app import log as logsetup
 
 log = logging.getLogger("actor")
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to wait for a GA answer")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
+    priority.request(args.realtime)
     return lifecycle.run(Actor(args), f"actor {args.kind}-sede{args.sede}")
 
 

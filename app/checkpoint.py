@@ -24,6 +24,8 @@ import logging
 import sqlite3
 import threading
 
+from app import priority
+
 log = logging.getLogger("checkpoint")
 
 INTERVAL = 0.5  # seconds between passive checkpoints
@@ -42,6 +44,7 @@ class Checkpointer:
         self.thread.start()
 
     def _run(self) -> None:
+        priority.normal_for_this_thread()  # bulk copying: never ahead of requests
         db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
         try:
             while not self.stopping.wait(INTERVAL):

@@ -21,6 +21,9 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--run_id", default="adhoc", help="run id written in every metrics row")
     p.add_argument("--host", default=socket.gethostname(), help="host name for metrics")
     p.add_argument("--log_level", default="INFO")
+    p.add_argument("--realtime", type=int, default=0,
+                   help="SCHED_FIFO priority 1-99 for a process on the request path "
+                        "(0: normal scheduling); see app.priority")
     return p
 
 

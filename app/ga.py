@@ -24,7 +24,8 @@ from typing import Any
 
 import zmq
 
-from app import config, lifecycle, failover, held, metrics, protocol, replication, storage, wire
+from app import (config, failover, held, lifecycle, metrics, priority, protocol, replication,
+                 storage, wire)
 from app import log as logsetup
 
 log = logging.getLogger("ga")
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", default="biblioteca.db")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
+    priority.request(args.realtime)
     return lifecycle.run(StorageManager(args), f"GA {args.role}")
 
 

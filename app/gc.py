@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from app import config, lifecycle, outbox, protocol, wire
+from app import config, lifecycle, outbox, priority, protocol, wire
 from app import log as logsetup
 
 log = logging.getLogger("gc")
@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state_dir", default=".", help="folder of the outbox database")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
+    priority.request(args.realtime)
     return lifecycle.run(LoadManager(args), f"GC sede {args.sede}")
 
 

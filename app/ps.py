@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import zmq
 
-from app import config, metrics, protocol
+from app import config, metrics, priority, protocol
 from app import log as logsetup
 from app.pipeline import Pipeline
 from app.retry import LazyPirate, backoff_delays
@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         p.error(problem)
     logsetup.configure(args.log_level)
+    priority.request(args.realtime)
     process = RequestProcess(args)
 
     def stop(signum, frame):

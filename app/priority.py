@@ -1,0 +1,69 @@
+"""Real-time CPU scheduling for the processes a reader waits on.
+
+With more processes than cores, a GC or PS woken by a message often finds both
+cores busy with batch work (actors and GAs applying what was published), and
+the normal scheduler lets that work run on for a while first: the answer waits
+milliseconds for a core, although computing it takes a tenth of one. A process
+started with ``--realtime N`` (or ``realtime = N`` in its config file) asks for
+SCHED_FIFO at priority N before it creates its ZeroMQ context, so the context's
+I/O threads inherit it. It then takes a core the moment a message arrives and
+gives it back as soon as it waits again; ordinary processes use the rest.
+
+Bulk work inside such a process (WAL checkpoints) returns its own thread to
+normal scheduling with ``normal_for_this_thread``. (SCHED_RESET_ON_FORK is not
+used: Linux applies it to new threads too, and the I/O threads would lose the
+priority.) If a real-time process ever spun, the kernel would still leave
+ordinary processes 5% of each second (``kernel.sched_rt_runtime_us``).
+
+Asking needs root, CAP_SYS_NICE, or a real-time priority limit of at least N
+(systemd: ``LimitRTPRIO=N``), unless the process was started at that priority
+already (systemd: ``CPUSchedulingPolicy=fifo``, as the deployed units do). A
+refused request is logged as a warning and the process runs on at normal
+priority. Lowering the priority, or leaving it, needs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger("priority")
+
+LOWEST, HIGHEST = 1, 99  # SCHED_FIFO priorities Linux accepts
+# By kind of process: what a reader is waiting on comes first, then what a loan
+# waits on; returns and renewals are applied in the background (left out: normal).
+RECOMMENDED = {"ps": 10, "gc": 10, "loan": 5, "ga": 5}
+
+
+def request(priority: int) -> bool:
+    """Run the calling thread, and threads it creates later, at SCHED_FIFO ``priority``.
+
+    0 means normal scheduling, also for a process that was started at a
+    real-time priority (systemd's ``CPUSchedulingPolicy=`` in a unit that
+    several kinds of process share). Returns whether the thread now runs at a
+    real-time priority.
+    """
+    if not priority:
+        normal_for_this_thread()
+        return False
+    if not (isinstance(priority, int) and LOWEST <= priority <= HIGHEST):
+        log.warning("real-time priority %r ignored: it must be a whole number from %d to %d",
+                    priority, LOWEST, HIGHEST)
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        log.warning("real-time priority %d refused (%s): running at normal priority",
+                    priority, exc)
+        return False
+    log.info("running at real-time priority %d (SCHED_FIFO)", priority)
+    return True
+
+
+def normal_for_this_thread() -> None:
+    """Put the calling thread back under normal scheduling (always allowed)."""
+    try:
+        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError) as exc:
+        log.warning("could not return a thread to normal scheduling: %s", exc)
