@@ -25,6 +25,7 @@ from app.retry import LazyPirate
 
 STOP_GRACE = 5.0  # seconds between TERM and KILL
 READY_TIMEOUT = 15.0  # seconds a component may take to answer its first ping
+POLICY_WAIT = 3.0  # seconds a process may take to switch to the real-time priority asked
 LOOPBACK = "127.0.0.1"
 
 
@@ -68,6 +69,9 @@ class Cluster:
     catalog_seed: int = 42
     ga_timeout: float | None = None
     extra: dict[str, list[str]] = field(default_factory=dict)  # per component name
+    # Real-time priority by kind of process (ps, gc, loan, return, renewal, ga);
+    # e.g. priority.RECOMMENDED. Kinds left out run at normal priority.
+    realtime: dict[str, int] = field(default_factory=dict)
     components: dict[str, Component] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -107,26 +111,30 @@ class Cluster:
                 seed.write(self.db_path(role), self.catalog_seed)
             other = "backup" if role == "primary" else "primary"
             peer = endpoint(self.ports[f"ga-{other}"]) if self.replica else ""
-            self._add(f"ga-{role}", "app.ga", ["--role", role, "--db", self.db_path(role),
-                                                "--bind", endpoint(self.ports[f"ga-{role}"]),
-                                                "--peer", peer])
+            self._add(f"ga-{role}", "ga", "app.ga", [
+                "--role", role, "--db", self.db_path(role),
+                "--bind", endpoint(self.ports[f"ga-{role}"]), "--peer", peer])
         ga = ",".join(self.ga_endpoints())
         timeout = ["--ga_timeout", str(self.ga_timeout)] if self.ga_timeout else []
         for sede in self.sedes:
             ports = {part: endpoint(self.ports[f"gc{sede}-{part}"])
                      for part in ("requests", "publish", "confirm", "loan")}
-            self._add(f"gc{sede}", "app.gc", [
+            self._add(f"gc{sede}", "gc", "app.gc", [
                 "--sede", str(sede), "--bind", ports["requests"], "--publish",
                 ports["publish"], "--confirm", ports["confirm"], "--loan_actor",
                 ports["loan"], "--state_dir", self.workdir])
             for kind in ("loan", "return", "renewal"):
-                self._add(f"{kind}{sede}", "app.actor", [
+                self._add(f"{kind}{sede}", kind, "app.actor", [
                     "--kind", kind, "--sede", str(sede), "--ga", ga, "--bind", ports["loan"],
                     "--gc_publish", ports["publish"], "--gc_confirm", ports["confirm"],
                     *timeout])
 
-    def _add(self, name: str, module: str, args: list[str]) -> None:
-        argv = [sys.executable, "-m", module, *args, *self._common(),
+    def _priority(self, kind: str) -> list[str]:
+        level = self.realtime.get(kind, 0)
+        return ["--realtime", str(level)] if level else []
+
+    def _add(self, name: str, kind: str, module: str, args: list[str]) -> None:
+        argv = [sys.executable, "-m", module, *args, *self._common(), *self._priority(kind),
                 *self.extra.get(name, [])]
         self.components[name] = Component(name, argv)
 
@@ -192,13 +200,36 @@ class Cluster:
         """Start one request process against its sede's GC."""
         argv = [sys.executable, "-m", "app.ps", "--file", path, "--endpoint",
                 self.gc_endpoint(sede), "--name", name, "--sede", f"SEDE{sede}",
-                *self._common(), *args]
+                *self._common(), *self._priority("ps"), *args]
         log = open(os.path.join(self.logs, f"ps-{name}.log"), "ab")
         process = subprocess.Popen(argv, stdout=stdout, stderr=log, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
         log.close()
         self.components[f"ps-{name}"] = Component(f"ps-{name}", argv, process)
         return process
+
+    def scheduling(self) -> dict[str, str]:
+        """How each running process is scheduled: "normal" or "FIFO <priority>".
+
+        A process asks for its priority once it has started, so one that was
+        asked to and has not yet is looked at again, for up to POLICY_WAIT.
+        """
+        seen = {}
+        deadline = time.monotonic() + POLICY_WAIT
+        for name, component in self.components.items():
+            process = component.process
+            wanted = self.realtime.get(kind_of(name))
+            while process is not None and process.poll() is None:
+                try:
+                    policy = os.sched_getscheduler(process.pid)
+                    level = os.sched_getparam(process.pid).sched_priority
+                except OSError:  # it ended meanwhile
+                    break
+                seen[name] = f"FIFO {level}" if policy == os.SCHED_FIFO else "normal"
+                if not wanted or policy == os.SCHED_FIFO or time.monotonic() > deadline:
+                    break
+                time.sleep(0.01)
+        return seen
 
     def wait_applied(self, timeout_s: float) -> bool:
         """Wait until every GC's outbox is empty (every return/renewal confirmed)."""
@@ -239,6 +270,11 @@ class Cluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def kind_of(name: str) -> str:
+    """A component's kind: ``gc1`` -> ``gc``, ``ga-backup`` -> ``ga``, ``ps-sede1-2`` -> ``ps``."""
+    return name.split("-")[0].rstrip("0123456789")
 
 
 def request_count(path: str) -> int:

@@ -19,7 +19,7 @@ import sys
 import time
 from importlib import resources
 
-from app import checker, cluster, inspect, report, requests
+from app import checker, cluster, inspect, priority, report, requests
 
 APPLY_TIMEOUT = 120.0  # seconds to wait for outboxes to empty after the PS finish
 PROGRESS_EVERY = 1.0  # seconds between progress lines
@@ -38,6 +38,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7, help="seed for generated requests")
     p.add_argument("--runs_dir", default="runs")
     p.add_argument("--no_replica", action="store_true", help="run the primary GA alone")
+    p.add_argument("--no_realtime", action="store_true",
+                   help="run every process at normal priority (default: app.priority's "
+                        "recommended real-time priorities, where this machine allows them)")
     return p.parse_args(argv)
 
 
@@ -61,13 +64,25 @@ def expected(jobs: list[tuple[str, str, int, list[str]]], ps_per_sede: int,
     return total if generated else total // ps_per_sede
 
 
+def priorities(asked: dict[str, int], policies: dict[str, str]) -> str:
+    """One line on how the processes are scheduled, for the run's header."""
+    granted = {cluster.kind_of(name) for name, how in policies.items() if how != "normal"}
+    if not granted:
+        return ("real-time priorities refused here (needs root or CAP_SYS_NICE): every "
+                "process at normal priority")
+    shown = ", ".join(f"{kind} {level}" + ("" if kind in granted else " (refused)")
+                      for kind, level in asked.items())
+    return f"real-time priorities: {shown}; the other processes at normal priority"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     run_id = time.strftime("%Y%m%d-%H%M%S")
     workdir = os.path.abspath(os.path.join(args.runs_dir, run_id))
     os.makedirs(workdir, exist_ok=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    system = cluster.Cluster(workdir, replica=not args.no_replica, run_id=run_id)
+    system = cluster.Cluster(workdir, replica=not args.no_replica, run_id=run_id,
+                             realtime={} if args.no_realtime else dict(priority.RECOMMENDED))
     print(f"run {run_id}: logs, metrics and databases in {workdir}")
     try:
         system.start_all()
@@ -78,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         processes = [system.ps(name, path, sede, "--quiet", "--retries", "10", *extra,
                                stdout=subprocess.PIPE)
                      for name, path, sede, extra in jobs]
+        if system.realtime:
+            print(priorities(system.realtime, system.scheduling()))
         answered = follow(system, processes, total)
         summaries = [p.stdout.read().decode().strip() for p in processes]
         print("\n".join(summaries))

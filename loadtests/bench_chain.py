@@ -42,11 +42,12 @@ from typing import Any
 import zmq
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from app import cluster, protocol, report, requests  # noqa: E402
+from app import cluster, priority, protocol, report, requests  # noqa: E402
 
 BASELINE_ROUND_TRIPS = 5000
 PS_WAIT = 600.0  # seconds a run's request processes may take
 PACED_WINDOW = 256  # requests a paced PS may have in flight unless --window says otherwise
+KINDS = ("ps", "gc", "loan", "ga", "return", "renewal")  # kinds of process, for --realtime
 BEHIND = 0.9  # answered below this share of the offered rate: the run is overloaded
 TARGET_APPLIED_PER_S = 5000  # the speed target: applied operations per second...
 TARGET_ACK_P99_MS = 2.0  # ...with return/renewal answers this fast at the 99th percentile
@@ -116,7 +117,8 @@ def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
     folder = os.path.join(workdir, "requests")
     requests.main(["--ps", str(args.ps), "--count", str(args.count), "--seed", "11",
                    "--mix", args.mix, "--out", folder])
-    with cluster.Cluster(workdir, replica=not args.no_replica, run_id="bench") as system:
+    with cluster.Cluster(workdir, replica=not args.no_replica, run_id="bench",
+                         realtime=args.realtime) as system:
         system.start_all()
         cpu_before = service_cpu(system)
         started = time.perf_counter()
@@ -124,6 +126,7 @@ def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
         processes = [system.ps(f"sede{s}-{i}", os.path.join(folder, f"sede{s}-{i}.jsonl"), s,
                                "--quiet", "--window", str(window), *pacing)
                      for s in (1, 2) for i in range(1, args.ps + 1)]
+        policies = system.scheduling()
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         for process in processes:
             process.wait(PS_WAIT)
@@ -146,7 +149,21 @@ def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
             "ack_p50_ms": report.percentile(ack_ms, 50),
             "ack_p99_ms": report.percentile(ack_ms, 99),
             "loan_p50_ms": report.percentile(loan_ms, 50),
-            "loan_p99_ms": report.percentile(loan_ms, 99), "loans": len(loan_ms), "cpu": cpu}
+            "loan_p99_ms": report.percentile(loan_ms, 99), "loans": len(loan_ms), "cpu": cpu,
+            "policies": policies}
+
+
+def parse_realtime(text: str) -> dict[str, int]:
+    """``"gc=10,ps=10"`` -> real-time priority by kind of process."""
+    levels: dict[str, int] = {}
+    for part in filter(None, (x.strip() for x in text.split(","))):
+        kind, _, level = part.partition("=")
+        if kind not in KINDS or not level.isdigit() or not 1 <= int(level) <= 99:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected KIND=PRIORITY, KIND one of {', '.join(KINDS)}, "
+                "PRIORITY 1-99")
+        levels[kind] = int(level)
+    return levels
 
 
 def keep(workdir: str, target: str) -> None:
@@ -188,6 +205,8 @@ def print_run(n: int, args: argparse.Namespace, rate: float, window: int,
     print(f"  ack (return/renewal) p50 {r['ack_p50_ms']:.3f} ms = "
           f"{r['ack_p50_ms'] / base_p50:.1f}x baseline, p99 {r['ack_p99_ms']:.3f} ms = "
           f"{r['ack_p99_ms'] / base_p99:.1f}x baseline")
+    realtime = sorted(f"{name} {how}" for name, how in r["policies"].items() if how != "normal")
+    print(f"  real-time: {', '.join(realtime) or 'none'}")
     if rate and r["acked_per_s"] < BEHIND * rate:
         print(f"  behind schedule: {r['acked_per_s']:.0f} of {rate:.0f} req/s answered; the "
               "chain (or the PS on this machine) could not keep up")
@@ -216,6 +235,10 @@ def main() -> int:
                    help="offered loads, comma-separated: requests per second from all PS "
                         "together, sent on schedule (open loop), answer times counted from "
                         "the schedule; 0 is full speed (default)")
+    recommended = ",".join(f"{kind}={level}" for kind, level in priority.RECOMMENDED.items())
+    p.add_argument("--realtime", type=parse_realtime, default=dict(priority.RECOMMENDED),
+                   help="SCHED_FIFO priorities by kind of process (default, as deployed: "
+                        f"{recommended}); empty: every process at normal priority")
     p.add_argument("--keep", default="", help="copy each run's folder under this folder")
     args = p.parse_args()
     slowest = min((r for r in args.rate if r), default=0.0)

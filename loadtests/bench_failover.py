@@ -3,7 +3,7 @@
 Starts the GA pair and both sedes locally, runs ``--ps`` request processes per
 sede over mixed request files, kills the primary GA with SIGKILL once it has
 applied about half of the requests, lets the run finish on the replica, and
-prints:
+prints (every process at the priority it is deployed with, ``app.priority``):
 
 - the failover gap: from the kill to the first write the replica applied in its
   new term (its oplog ``applied_at``);
@@ -29,7 +29,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from app import checker, cluster, requests, storage  # noqa: E402
+from app import checker, cluster, priority, requests, storage  # noqa: E402
 
 KILL_SHARE = 0.5  # share of the requests applied before the primary is killed
 WAIT = 600.0  # seconds for any phase (PS finishing, outboxes draining, catch-up)
@@ -83,7 +83,8 @@ def run_once(workdir: str, ps: int, count: int, seed: int) -> dict[str, object]:
     requests.main(["--ps", str(ps), "--count", str(count), "--seed", str(seed),
                    "--out", os.path.join(workdir, "req")])
     files = sorted(glob.glob(os.path.join(workdir, "req", "sede*.jsonl")))
-    with cluster.Cluster(os.path.join(workdir, "run"), run_id="failover") as system:
+    with cluster.Cluster(os.path.join(workdir, "run"), run_id="failover",
+                         realtime=dict(priority.RECOMMENDED)) as system:
         system.start_all()
         term = system.ga_status("primary")["term"]
         processes = [system.ps(os.path.basename(p)[:-6], p, int(os.path.basename(p)[4]),
