@@ -124,7 +124,7 @@ def test_configs_use_only_known_keys(rendered):
         "actor": {"kind", "sede", "gc_publish", "gc_confirm", "bind", "ga"},
         "ps": {"file", "endpoint", "interval", "timeout_ms", "retries", "sede", "name"},
     }
-    common = {"metrics_dir", "run_id", "host", "log_level"}
+    common = {"metrics_dir", "run_id", "host", "log_level", "realtime"}
     _, out = rendered
     for path in out.rglob("*.toml"):
         component = path.name.split("-")[0].removesuffix(".toml")
@@ -174,6 +174,27 @@ def test_units_carry_the_hardening(rendered):
         batch = path.name.startswith("biblioteca-ps@")
         assert ("Restart=no" in text) is batch and ("[Install]" in text) is not batch
         assert ("Restart=on-failure" in text) is not batch, path
+
+
+def test_each_process_may_take_the_priority_its_config_asks_for(rendered):
+    """Real-time priorities as recommended (app.priority), no higher than the unit starts
+    the process at (it may only lower its own without privilege)."""
+    _, out = rendered
+    unit_of = {"gc": "biblioteca-gc.service", "ga": "biblioteca-ga.service",
+               "actor": "biblioteca-actor@.service", "ps": "biblioteca-ps@.service"}
+    asked, starts = {}, {}
+    for path in out.rglob("*.toml"):
+        config = tomllib.loads(path.read_text())
+        component = path.name.split("-")[0].removesuffix(".toml")
+        kind = config["kind"] if component == "actor" else component
+        unit = (path.parent / unit_of[component]).read_text()
+        start = re.findall(r"^CPUSchedulingPriority=(\d+)$", unit, re.M)
+        assert bool(start) == bool(re.search(r"^CPUSchedulingPolicy=fifo$", unit, re.M))
+        assert 0 <= config["realtime"] <= int(start[0] if start else 0), path
+        asked[kind] = config["realtime"]
+        starts[component] = int(start[0] if start else 0)
+    assert asked == {"ps": 10, "gc": 10, "loan": 5, "ga": 5, "return": 0, "renewal": 0}
+    assert starts == {"ps": 10, "gc": 10, "actor": 5, "ga": 5}
 
 
 @pytest.mark.parametrize("playbook", PLAYBOOKS)

@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 
 from app.lab import cgroups, control, rootfs
+from app.lab.layout import host_named
+from app.lab.ssh import run_remote
 from app.lab.demo import DEFAULT_COUNT, Demo, Options, collected_text, describe, recap_text
 from app.lab.layout import STATE_DIR
 
@@ -104,6 +106,22 @@ def test_second_deploy_changes_nothing(demo: Demo, passed: set[str]) -> None:
 
     changed = {host: n for host, n in recap.changed().items() if n}
     assert not changed, f"second deploy changed {changed}; see {demo.log_dir / 'deploy-2.log'}"
+
+
+@pytest.mark.timeout(60)
+def test_services_run_at_their_real_time_priorities(demo: Demo, passed: set[str]) -> None:
+    """The deployed defaults: GC at SCHED_FIFO 10, loan actor and GA at 5, the rest normal."""
+    needs(passed, "deploy")
+    expected = [("lab-sede1", "biblioteca-gc", "SCHED_FIFO 10"),
+                ("lab-sede1", "biblioteca-actor@loan", "SCHED_FIFO 5"),
+                ("lab-sede1", "biblioteca-actor@return", "SCHED_OTHER 0"),
+                (demo.topology.primary, "biblioteca-ga", "SCHED_FIFO 5"),
+                (demo.topology.replica, "biblioteca-ga", "SCHED_FIFO 5")]
+    for host, unit, policy in expected:
+        probe = (f"chrt -p $(systemctl show -p MainPID --value {unit}) | "
+                 "sed -n 's/.*policy: //p; s/.*priority: //p' | tr '\\n' ' '")
+        result = run_remote(host_named(host), [probe], timeout=20)
+        assert result.stdout.strip() == policy, f"{host} {unit}: {result.stdout}{result.stderr}"
 
 
 @pytest.mark.timeout(150)
