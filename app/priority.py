@@ -12,8 +12,14 @@ gives it back as soon as it waits again; ordinary processes use the rest.
 Bulk work inside such a process (WAL checkpoints) returns its own thread to
 normal scheduling with ``normal_for_this_thread``. (SCHED_RESET_ON_FORK is not
 used: Linux applies it to new threads too, and the I/O threads would lose the
-priority.) If a real-time process ever spun, the kernel would still leave
-ordinary processes 5% of each second (``kernel.sched_rt_runtime_us``).
+priority.)
+
+A real-time thread that never waits would keep every ordinary process, and any
+real-time one of equal or lower priority on its core, from running. So the
+process also sets RLIMIT_RTTIME: once one of its threads has run SPIN_LIMIT of
+CPU time without waiting, the kernel sends SIGXCPU, and the handler moves every
+thread of the process back to normal scheduling and logs a warning. A busy loop
+then costs a core, as it would anyway, but starves nothing.
 
 Asking needs root, CAP_SYS_NICE, or a real-time priority limit of at least N
 (systemd: ``LimitRTPRIO=N``), unless the process was started at that priority
@@ -26,16 +32,19 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 
 log = logging.getLogger("priority")
 
 LOWEST, HIGHEST = 1, 99  # SCHED_FIFO priorities Linux accepts
+SPIN_LIMIT = 2.0  # seconds of CPU a real-time thread may use without waiting
 # By kind of process: what a reader is waiting on comes first, then what a loan
 # waits on; returns and renewals are applied in the background (left out: normal).
 RECOMMENDED = {"ps": 10, "gc": 10, "loan": 5, "ga": 5}
 
 
-def request(priority: int) -> bool:
+def request(priority: int, spin_limit_s: float = SPIN_LIMIT) -> bool:
     """Run the calling thread, and threads it creates later, at SCHED_FIFO ``priority``.
 
     0 means normal scheduling, also for a process that was started at a
@@ -56,8 +65,29 @@ def request(priority: int) -> bool:
         log.warning("real-time priority %d refused (%s): running at normal priority",
                     priority, exc)
         return False
+    _guard_against_spinning(spin_limit_s)
     log.info("running at real-time priority %d (SCHED_FIFO)", priority)
     return True
+
+
+def _guard_against_spinning(limit_s: float) -> None:
+    """SIGXCPU once a thread has run ``limit_s`` at real-time priority without waiting."""
+    _, hard = resource.getrlimit(resource.RLIMIT_RTTIME)
+    soft = round(limit_s * 1_000_000)  # microseconds
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_RTTIME, (soft, hard))
+
+    def demote(signum, frame) -> None:
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                os.sched_setscheduler(int(tid), os.SCHED_OTHER, os.sched_param(0))
+            except OSError:  # the thread ended meanwhile
+                pass
+        log.warning("a thread ran %.1f s at real-time priority without waiting (a busy "
+                    "loop?): the whole process is back at normal priority", soft / 1e6)
+
+    signal.signal(signal.SIGXCPU, demote)
 
 
 def normal_for_this_thread() -> None:

@@ -123,3 +123,23 @@ def test_component_kinds_for_priorities():
     assert [cluster.kind_of(n) for n in ("gc1", "ga-backup", "ps-sede1-2", "return2",
                                           "loan1", "ga-primary")] == [
         "gc", "ga", "ps", "return", "loan", "ga"]
+
+
+@may_ask
+def test_a_thread_spinning_at_realtime_priority_puts_its_process_back_to_normal():
+    script = """
+import logging, os, time
+logging.basicConfig()
+from app import priority
+assert priority.request(3, spin_limit_s=0.2)
+started = time.monotonic()
+while os.sched_getscheduler(0) == os.SCHED_FIFO and time.monotonic() - started < 5:
+    pass  # never waits
+print(round(time.monotonic() - started, 1), os.sched_getscheduler(0))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    spun, policy = result.stdout.split()
+    assert int(policy) == os.SCHED_OTHER and 0.1 <= float(spun) < 2, result.stdout
+    assert "without waiting (a busy loop?)" in result.stderr
