@@ -12,23 +12,30 @@ On its ROUTER socket (``bind``) it takes requests from PS (REQ) and answers::
     -> not JSON / unknown op / missing field
     <- {"ok": false, "status": "invalid", "error": "missing field(s): idLibro"}
     -> {"type": "status"}
-    <- {"ok": true, "sede": 1, "accepted": 120, "pending": 3, "answered": 180, ...}
+    <- {"ok": true, "sede": 1, "accepted": 120, "pending": 3, "holding": 0, "answered": 180, ...}
 
 Returns and renewals are stored in the outbox before the answer, then published
 together every PUBLISH_LINGER (so the actors and the GA work in batches) on the
 PUB socket (``publish``), each as two frames, topic and JSON; a renewal carries
 ``fechaActual`` and ``nuevaFechaEntrega``. Actors confirm applied keys on the
 PULL socket (``confirm``) as ``{"confirm": ["k7", ...]}``.
+
+The answers may run ahead of what is applied, but only so far: while
+``--max_backlog`` accepted entries are unconfirmed, new requests (loans too) are
+held unanswered, in arrival order, until the actors catch up; status requests
+are still answered. The request processes then simply wait longer.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import sys
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Iterable
 
 import zmq
 
@@ -42,6 +49,8 @@ RESEND_SCAN = 0.25  # seconds between passes over unconfirmed outbox entries
 PUBLISH_LINGER = 0.02  # seconds accepted entries may gather before they are published
 PUBLISH_BATCH = 256  # accepted entries that are published at once, linger or not
 PUB_HWM = 200_000  # messages queued per subscriber before ZeroMQ would drop
+MAX_BACKLOG = 20_000  # default: accepted returns/renewals not yet confirmed applied
+MAX_HELD = 10_000  # requests held while the backlog is full; past that the socket waits
 
 
 class LoadManager:
@@ -57,10 +66,13 @@ class LoadManager:
         self.confirms = self._socket(zmq.PULL, bind=args.confirm)
         self.confirms.setsockopt(zmq.RCVHWM, 0)
         self.loans = self._socket(zmq.DEALER, connect=args.loan_actor)
+        self.max_backlog = int(args.max_backlog)
+        self.held: deque[list[bytes]] = deque()  # requests waiting for the backlog to shrink
+        self.holding = False  # for one log line when holding starts and one when it ends
         self.unpublished: list[tuple[str, str, str]] = []  # accepted, in the outbox
         self.publish_by: float | None = None  # when the oldest of them must go
         self.counts = {"accepted": 0, "answered": 0, "invalid": 0, "repeats": 0,
-                       "loans_forwarded": 0, "confirmed": 0, "republished": 0}
+                       "loans_forwarded": 0, "confirmed": 0, "republished": 0, "held": 0}
         self.running = True
         log.info("GC sede %d: requests %s, publish %s, confirm %s, loan actor %s, "
                  "%d unconfirmed in outbox", self.sede, args.bind, args.publish, args.confirm,
@@ -77,20 +89,28 @@ class LoadManager:
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.requests, self.loans, self.confirms):
+        for sock in (self.loans, self.confirms):
             poller.register(sock, zmq.POLLIN)
+        listening = False
         next_scan = 0.0
         while self.running:
-            wait = RESEND_SCAN if self.publish_by is None else max(
+            if listening != (len(self.held) < MAX_HELD):  # full: leave them in the socket
+                listening = not listening
+                if listening:
+                    poller.register(self.requests, zmq.POLLIN)
+                else:
+                    poller.unregister(self.requests)
+            release = bool(self.held) and not self._backlog_full()
+            wait = 0.0 if release else RESEND_SCAN if self.publish_by is None else max(
                 0.0, self.publish_by - time.monotonic())
             events = dict(poller.poll(wire.ms(wait)))
-            if not events and self.publish_by is None:
+            if not events and self.publish_by is None and not self.held:
                 logsetup.idle()
             if self.confirms in events:
                 self._take_confirmations()
             if self.loans in events:
                 self._relay_loan_answers()
-            if self.requests in events:
+            if self.requests in events or release:
                 self._take_requests()
             if self.unpublished and (len(self.unpublished) >= PUBLISH_BATCH
                                      or time.monotonic() >= self.publish_by):
@@ -103,15 +123,45 @@ class LoadManager:
                 self.counts["republished"] += len(due)
                 next_scan = time.monotonic() + RESEND_SCAN
 
+    def _backlog_full(self) -> bool:
+        full = self.outbox.pending() >= self.max_backlog
+        if full != self.holding:
+            self.holding = full
+            if full:
+                log.warning("%d accepted and not yet applied: holding new requests until "
+                            "the actors catch up", self.outbox.pending())
+            else:
+                log.info("backlog below %d again: taking requests", self.max_backlog)
+        return full
+
+    def _hold(self, arrived: Iterable[list[bytes]]) -> None:
+        """Keep requests for later, answering only status requests now."""
+        for frames in arrived:
+            try:
+                if is_status(protocol.decode(frames[-1])):
+                    wire.send(self.requests, [*frames[:-1], protocol.encode(self.status())])
+                    continue
+            except protocol.InvalidRequest:
+                pass  # refused when its turn comes
+            self.held.append(frames)
+            self.counts["held"] += 1
+            if len(self.held) >= MAX_HELD:
+                return
+
     def _take_requests(self) -> None:
+        arrived = wire.waiting(self.requests, MAX_DRAIN if len(self.held) < MAX_HELD else 0)
+        if self._backlog_full():
+            self._hold(arrived)
+            return
+        earlier = [self.held.popleft() for _ in range(min(len(self.held), MAX_DRAIN))]
         to_store: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
         stored_now: dict[str, dict[str, Any]] = {}  # key -> answer, this drain
         waiting: list[tuple[list[bytes], dict[str, Any]]] = []
-        for frames in wire.waiting(self.requests, MAX_DRAIN):
+        for frames in itertools.chain(earlier, arrived):
             envelope, body = frames[:-1], frames[-1]
             try:
                 request = protocol.decode(body)
-                if request.get("type") == "status" and "op" not in request:
+                if is_status(request):
                     wire.send(self.requests, [*envelope, protocol.encode(self.status())])
                     continue
                 request = protocol.contract_only(protocol.validate(request))
@@ -196,7 +246,8 @@ class LoadManager:
         self.counts["answered"] += 1
 
     def status(self) -> dict[str, Any]:
-        return {"ok": True, "sede": self.sede, "pending": self.outbox.pending(), **self.counts}
+        return {"ok": True, "sede": self.sede, "pending": self.outbox.pending(),
+                "holding": len(self.held), **self.counts}
 
     def stop(self) -> None:
         self.running = False
@@ -209,6 +260,10 @@ class LoadManager:
         self.outbox.close()
 
 
+def is_status(request: dict[str, Any]) -> bool:
+    return request.get("type") == "status" and "op" not in request
+
+
 def main(argv: list[str] | None = None) -> int:
     p = config.parser("Load manager (GC) of one sede")
     p.add_argument("--sede", type=int, choices=(1, 2), default=1)
@@ -217,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--confirm", default="tcp://0.0.0.0:5561", help="PULL for confirmations")
     p.add_argument("--loan_actor", default="tcp://127.0.0.1:5580")
     p.add_argument("--state_dir", default=".", help="folder of the outbox database")
+    p.add_argument("--max_backlog", type=int, default=MAX_BACKLOG,
+                   help="accepted returns/renewals not yet applied beyond which new "
+                        "requests wait")
     args = config.parse(p, argv)
     logsetup.configure(args.log_level)
     priority.request(args.realtime)

@@ -301,3 +301,34 @@ def writers_per_term(system: cluster.Cluster) -> dict[int, set[str]]:
             assert last - first + 1 == count, f"term {term} interleaved on {role}"
             assert term in writers, f"oplog rows of term {term} but no GA became active"
     return writers
+
+
+@pytest.mark.timeout(300)
+def test_a_full_backlog_holds_new_requests_until_the_actors_catch_up(tmp_path):
+    """Past --max_backlog unapplied returns/renewals the GC answers nothing new (status
+    excepted); once actors run, every held request is answered and applied once."""
+    files = [f for f in write_requests(str(tmp_path / "req"), 1, 40, mix="published")
+             if f[0] == 1]
+    with cluster.Cluster(str(tmp_path / "run"), sedes=(1,), run_id="backlog",
+                         extra={"gc1": ["--max_backlog", "10"]}) as system:
+        system.define()
+        for name in ("ga-primary", "ga-backup", "loan1", "gc1"):
+            system.start(name)
+        system.wait_ready()
+        processes = start_ps(system, files, "--timeout_ms", "60000", "--quiet")
+        wait_for(lambda: system.gc_status(1)["holding"] == 1, what="a request held")
+        status = system.gc_status(1)
+        assert (status["accepted"], status["pending"]) == (10, 10)
+        assert processes[0].poll() is None  # still waiting for that answer
+
+        for name in ("return1", "renewal1"):
+            system.start(name)
+        finish_ps(processes)
+        assert system.wait_applied(APPLIED_WAIT)
+        status = system.gc_status(1)
+        verdict = verdict_for(system, "primary")
+    assert status["accepted"] == published_count(files) == 40
+    assert status["holding"] == 0 and status["held"] >= 1
+    assert log_lines(system, "gc1", "holding new requests")
+    assert verdict.checked["returns/renewals acknowledged"] == 40
+    assert verdict.ok, verdict.render()
