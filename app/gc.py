@@ -139,7 +139,7 @@ class LoadManager:
         for frames in arrived:
             try:
                 if is_status(protocol.decode(frames[-1])):
-                    wire.send(self.requests, [*frames[:-1], protocol.encode(self.status())])
+                    self._send_status(frames[:-1])
                     continue
             except protocol.InvalidRequest:
                 pass  # refused when its turn comes
@@ -162,7 +162,7 @@ class LoadManager:
             try:
                 request = protocol.decode(body)
                 if is_status(request):
-                    wire.send(self.requests, [*envelope, protocol.encode(self.status())])
+                    self._send_status(envelope)
                     continue
                 request = protocol.contract_only(protocol.validate(request))
             except protocol.InvalidRequest as exc:
@@ -244,6 +244,9 @@ class LoadManager:
     def _send(self, envelope: list[bytes], answer: dict[str, Any]) -> None:
         wire.send(self.requests, [*envelope, protocol.encode(answer)])
         self.counts["answered"] += 1
+
+    def _send_status(self, envelope: list[bytes]) -> None:
+        wire.send(self.requests, [*envelope, protocol.encode(self.status())])
 
     def status(self) -> dict[str, Any]:
         return {"ok": True, "sede": self.sede, "pending": self.outbox.pending(),
