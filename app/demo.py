@@ -90,11 +90,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"started GA{' pair' if system.replica else ''}, 2 GCs and 6 actors")
         jobs = plan(args, workdir)
         total = expected(jobs, args.ps_per_sede, bool(args.count))
-        processes = [system.ps(name, path, sede, "--quiet", "--retries", "10", *extra,
-                               stdout=subprocess.PIPE)
-                     for name, path, sede, extra in jobs]
-        if system.realtime:
-            print(priorities(system.realtime, system.scheduling()))
+        with system.launching():
+            processes = [system.ps(name, path, sede, "--quiet", "--retries", "10", *extra,
+                                   stdout=subprocess.PIPE)
+                         for name, path, sede, extra in jobs]
+            policies = system.scheduling()
+        print(priorities(system.realtime, policies) if system.realtime
+              else "every process at normal priority (--no_realtime)")
         answered = follow(system, processes, total)
         summaries = [p.stdout.read().decode().strip() for p in processes]
         print("\n".join(summaries))

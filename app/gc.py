@@ -12,24 +12,28 @@ On its ROUTER socket (``bind``) it takes requests from PS (REQ) and answers::
     -> not JSON / unknown op / missing field
     <- {"ok": false, "status": "invalid", "error": "missing field(s): idLibro"}
     -> {"type": "status"}
-    <- {"ok": true, "sede": 1, "accepted": 120, "pending": 3, "holding": 0, "answered": 180, ...}
+    <- {"ok": true, "sede": 1, "accepted": 120, "pending": 3, "holding": 0, ...}
 
 Returns and renewals are stored in the outbox before the answer, then published
 together every PUBLISH_LINGER (so the actors and the GA work in batches) on the
 PUB socket (``publish``), each as two frames, topic and JSON; a renewal carries
-``fechaActual`` and ``nuevaFechaEntrega``. Actors confirm applied keys on the
-PULL socket (``confirm``) as ``{"confirm": ["k7", ...]}``.
+``fechaActual`` and ``nuevaFechaEntrega``; the socket is an XPUB, so the GC
+knows (and its status says, as ``subscribed``) which topics have a subscriber.
+Actors confirm applied keys on the PULL socket (``confirm``) as
+``{"confirm": ["k7", ...]}``.
 
 The answers may run ahead of what is applied, but only so far: while
 ``--max_backlog`` accepted entries are unconfirmed, new requests (loans too) are
 held unanswered, in arrival order, until the actors catch up; status requests
-are still answered. The request processes then simply wait longer.
+are still answered, and frames that are not a JSON object of the allowed size
+are refused at once. The request processes simply wait longer. Once MAX_HELD
+requests are held, the GC stops reading its socket (status requests wait too)
+until the held ones can go.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import logging
 import os
 import sys
@@ -50,7 +54,7 @@ PUBLISH_LINGER = 0.02  # seconds accepted entries may gather before they are pub
 PUBLISH_BATCH = 256  # accepted entries that are published at once, linger or not
 PUB_HWM = 200_000  # messages queued per subscriber before ZeroMQ would drop
 MAX_BACKLOG = 20_000  # default: accepted returns/renewals not yet confirmed applied
-MAX_HELD = 10_000  # requests held while the backlog is full; past that the socket waits
+MAX_HELD = 2_000  # requests held while the backlog is full; past that the socket waits
 
 
 class LoadManager:
@@ -61,7 +65,9 @@ class LoadManager:
         self.outbox = outbox.Outbox(os.path.join(args.state_dir, f"outbox-sede{self.sede}.db"))
         self.context = zmq.Context()
         self.requests = self._socket(zmq.ROUTER, bind=args.bind)
-        self.publisher = self._socket(zmq.PUB, bind=args.publish)
+        # XPUB: a PUB that also hears which topics its subscribers want.
+        self.publisher = self._socket(zmq.XPUB, bind=args.publish)
+        self.subscribed: set[str] = set()  # topics with at least one subscriber
         self.publisher.setsockopt(zmq.SNDHWM, PUB_HWM)
         self.confirms = self._socket(zmq.PULL, bind=args.confirm)
         self.confirms.setsockopt(zmq.RCVHWM, 0)
@@ -72,7 +78,7 @@ class LoadManager:
         self.unpublished: list[tuple[str, str, str]] = []  # accepted, in the outbox
         self.publish_by: float | None = None  # when the oldest of them must go
         self.counts = {"accepted": 0, "answered": 0, "invalid": 0, "repeats": 0,
-                       "loans_forwarded": 0, "confirmed": 0, "republished": 0, "held": 0}
+                       "loans_forwarded": 0, "confirmed": 0, "republished": 0}
         self.running = True
         log.info("GC sede %d: requests %s, publish %s, confirm %s, loan actor %s, "
                  "%d unconfirmed in outbox", self.sede, args.bind, args.publish, args.confirm,
@@ -89,7 +95,7 @@ class LoadManager:
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        for sock in (self.loans, self.confirms):
+        for sock in (self.loans, self.confirms, self.publisher):
             poller.register(sock, zmq.POLLIN)
         listening = False
         next_scan = 0.0
@@ -106,6 +112,8 @@ class LoadManager:
             events = dict(poller.poll(wire.ms(wait)))
             if not events and self.publish_by is None and not self.held:
                 logsetup.idle()
+            if self.publisher in events:
+                self._take_subscriptions()
             if self.confirms in events:
                 self._take_confirmations()
             if self.loans in events:
@@ -135,29 +143,34 @@ class LoadManager:
         return full
 
     def _hold(self, arrived: Iterable[list[bytes]]) -> None:
-        """Keep requests for later, answering only status requests now."""
+        """Queue requests behind those held already; answer status requests, and refuse
+        what is not a JSON object of the allowed size, at once (neither waits on the
+        backlog, and an oversized frame is not kept)."""
         for frames in arrived:
             try:
                 if is_status(protocol.decode(frames[-1])):
                     self._send_status(frames[:-1])
                     continue
-            except protocol.InvalidRequest:
-                pass  # refused when its turn comes
+            except protocol.InvalidRequest as exc:
+                self._refuse_invalid(frames[:-1], frames[-1], exc)
+                continue
             self.held.append(frames)
-            self.counts["held"] += 1
             if len(self.held) >= MAX_HELD:
                 return
 
     def _take_requests(self) -> None:
-        arrived = wire.waiting(self.requests, MAX_DRAIN if len(self.held) < MAX_HELD else 0)
-        if self._backlog_full():
-            self._hold(arrived)
-            return
-        earlier = [self.held.popleft() for _ in range(min(len(self.held), MAX_DRAIN))]
+        batch: Iterable[list[bytes]] = wire.waiting(
+            self.requests, MAX_DRAIN if len(self.held) < MAX_HELD else 0)
+        if self.held or self._backlog_full():  # arrivals queue behind what is held
+            self._hold(batch)
+            if self._backlog_full():
+                return
+            batch = [self.held.popleft() for _ in range(min(len(self.held), MAX_DRAIN))]
         to_store: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
         stored_now: dict[str, dict[str, Any]] = {}  # key -> answer, this drain
         waiting: list[tuple[list[bytes], dict[str, Any]]] = []
-        for frames in itertools.chain(earlier, arrived):
+        later: list[list[bytes]] = []  # past the backlog bound: back to the head of the queue
+        for frames in batch:
             envelope, body = frames[:-1], frames[-1]
             try:
                 request = protocol.decode(body)
@@ -167,6 +180,9 @@ class LoadManager:
                 request = protocol.contract_only(protocol.validate(request))
             except protocol.InvalidRequest as exc:
                 self._refuse_invalid(envelope, body, exc)
+                continue
+            if later or self.outbox.pending() + len(to_store) >= self.max_backlog:
+                later.append(frames)
                 continue
             label = protocol.request_label(request)
             if request["op"] == protocol.LOAN:
@@ -192,6 +208,7 @@ class LoadManager:
             self.counts["accepted"] += len(to_store)
         for envelope, answer in waiting:
             self._send(envelope, answer)
+        self.held.extendleft(reversed(later))
 
     def _accept(self, request: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """The message to publish and the answer for the PS."""
@@ -231,6 +248,17 @@ class LoadManager:
             wire.send(self.requests, frames)
             self.counts["answered"] += 1
 
+    def _take_subscriptions(self) -> None:
+        """Frames ``\\x01TOPIC`` (a first subscriber) and ``\\x00TOPIC`` (the last one left)."""
+        for frames in wire.waiting(self.publisher, MAX_DRAIN):
+            flag, topic = frames[0][:1], frames[0][1:].decode("utf-8", "replace")
+            if flag == b"\x01":
+                self.subscribed.add(topic)
+                log.info("topic %s has a subscriber", topic)
+            elif flag == b"\x00":
+                self.subscribed.discard(topic)
+                log.warning("topic %s has no subscriber left", topic)
+
     def _take_confirmations(self) -> None:
         for frames in wire.waiting(self.confirms, MAX_DRAIN):
             try:
@@ -250,7 +278,7 @@ class LoadManager:
 
     def status(self) -> dict[str, Any]:
         return {"ok": True, "sede": self.sede, "pending": self.outbox.pending(),
-                "holding": len(self.held), **self.counts}
+                "holding": len(self.held), "subscribed": sorted(self.subscribed), **self.counts}
 
     def stop(self) -> None:
         self.running = False
@@ -277,8 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state_dir", default=".", help="folder of the outbox database")
     p.add_argument("--max_backlog", type=int, default=MAX_BACKLOG,
                    help="accepted returns/renewals not yet applied beyond which new "
-                        "requests wait")
+                        f"requests wait (default {MAX_BACKLOG})")
     args = config.parse(p, argv)
+    if isinstance(args.max_backlog, bool) or not (
+            isinstance(args.max_backlog, int) and args.max_backlog >= 1):
+        p.error("--max_backlog must be a whole number of at least 1")
     logsetup.configure(args.log_level)
     priority.request(args.realtime)
     return lifecycle.run(LoadManager(args), f"GC sede {args.sede}")

@@ -52,12 +52,13 @@ def request(priority: int, spin_limit_s: float = SPIN_LIMIT) -> bool:
     several kinds of process share). Returns whether the thread now runs at a
     real-time priority.
     """
-    if not priority:
+    valid = isinstance(priority, int) and not isinstance(priority, bool) and (
+        priority == 0 or LOWEST <= priority <= HIGHEST)
+    if not valid:
+        log.warning("real-time priority %r ignored (a whole number from %d to %d, or 0): "
+                    "running at normal priority", priority, LOWEST, HIGHEST)
+    if not valid or priority == 0:
         normal_for_this_thread()
-        return False
-    if not (isinstance(priority, int) and LOWEST <= priority <= HIGHEST):
-        log.warning("real-time priority %r ignored: it must be a whole number from %d to %d",
-                    priority, LOWEST, HIGHEST)
         return False
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))

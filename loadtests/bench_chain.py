@@ -128,10 +128,11 @@ def one_run(args: argparse.Namespace, workdir: str, rate: float, window: int
         started, started_wall = time.perf_counter(), time.time()
         pacing = ["--rate", str(rate / (2 * args.ps))] if rate else []
         children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        processes = [system.ps(f"sede{s}-{i}", os.path.join(folder, f"sede{s}-{i}.jsonl"), s,
-                               "--quiet", "--window", str(window), *pacing)
-                     for s in (1, 2) for i in range(1, args.ps + 1)]
-        policies = system.scheduling()  # may reap a PS that ended: counted in children
+        with system.launching():
+            processes = [system.ps(f"sede{s}-{i}", os.path.join(folder, f"sede{s}-{i}.jsonl"),
+                                   s, "--quiet", "--window", str(window), *pacing)
+                         for s in (1, 2) for i in range(1, args.ps + 1)]
+            policies = system.scheduling()  # may reap a PS that ended: counted in children
         for process in processes:
             process.wait(PS_WAIT)
         ps_wall = time.perf_counter() - started

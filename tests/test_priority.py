@@ -99,6 +99,9 @@ def test_a_process_started_at_its_priority_keeps_it_or_lowers_it_without_privile
     raised = _unprivileged(10, started_at=5)
     assert raised.stdout.split() == ["False", str(os.SCHED_FIFO), "5"], raised.stderr
     assert "refused" in raised.stderr
+    invalid = _unprivileged(150, started_at=5)  # a bad setting never keeps a priority
+    assert invalid.stdout.split() == ["False", str(os.SCHED_OTHER), "0"], invalid.stderr
+    assert "ignored" in invalid.stderr
 
 
 def test_no_priority_or_one_out_of_range_changes_nothing(caplog):
@@ -108,9 +111,11 @@ def test_no_priority_or_one_out_of_range_changes_nothing(caplog):
         assert not caplog.records
         assert priority.request(150) is False
         assert priority.request(-3) is False
+        assert priority.request(True) is False
     assert os.sched_getscheduler(0) == before
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "real-time priority 150 ignored", "real-time priority -3 ignored"]
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        "real-time priority 150 ignored", "real-time priority -3 ignored",
+        "real-time priority True ignored"]
 
 
 def test_returning_to_normal_is_harmless_when_already_normal():
