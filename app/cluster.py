@@ -10,6 +10,7 @@ the context manager calls also when the body fails.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterator
 
 import zmq
 
-from app import protocol, seed
+from app import priority, protocol, seed
 from app.retry import LazyPirate
 
 STOP_GRACE = 5.0  # seconds between TERM and KILL
@@ -135,7 +136,7 @@ class Cluster:
         level = self.realtime.get(kind, 0)
         return ["--realtime", str(level)] if level else []
 
-    def _start_at(self, kind: str) -> Callable[[], None] | None:
+    def _start_at(self, kind: str) -> Callable[[], bool] | None:
         """What a new process of this kind runs before it starts: with real-time
         priorities, it takes its own at once, as a systemd unit would start it, so
         processes started while others already run are not kept waiting behind them
@@ -143,15 +144,7 @@ class Cluster:
         if not self.realtime:
             return None
         level = self.realtime.get(kind, 0)
-
-        def take_priority() -> None:
-            try:
-                if level:
-                    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level))
-            except OSError:
-                pass
-
-        return take_priority
+        return functools.partial(priority.set_for_this_thread, level)
 
     @contextlib.contextmanager
     def launching(self) -> Iterator[None]:
@@ -159,18 +152,12 @@ class Cluster:
         process (when allowed) runs above the highest while the block lasts, so the
         processes it starts first cannot delay the start of the next ones."""
         top = max(self.realtime.values(), default=0)
-        raised = False
-        if top:
-            try:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(top + 1))
-                raised = True
-            except OSError:
-                pass
+        raised = bool(top) and priority.set_for_this_thread(min(top + 1, priority.HIGHEST))
         try:
             yield
         finally:
             if raised:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+                priority.set_for_this_thread(0)
 
     def _add(self, name: str, kind: str, module: str, args: list[str]) -> None:
         argv = [sys.executable, "-m", module, *args, *self._common(), *self._priority(kind),

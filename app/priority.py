@@ -63,8 +63,8 @@ def request(priority: int, spin_limit_s: float = SPIN_LIMIT) -> bool:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except (OSError, AttributeError) as exc:
-        log.warning("real-time priority %d refused (%s): running at normal priority",
-                    priority, exc)
+        log.warning("real-time priority %d refused (%s): running at %s", priority, exc,
+                    describe_this_thread())
         return False
     _guard_against_spinning(spin_limit_s)
     log.info("running at real-time priority %d (SCHED_FIFO)", priority)
@@ -93,8 +93,24 @@ def _guard_against_spinning(limit_s: float) -> None:
 
 def normal_for_this_thread() -> None:
     """Put the calling thread back under normal scheduling (always allowed)."""
+    if not set_for_this_thread(0):
+        log.warning("could not return a thread to normal scheduling")
+
+
+def set_for_this_thread(level: int) -> bool:
+    """SCHED_FIFO at ``level``, or normal scheduling for 0, without a word either way
+    (also fit to run in a child between fork and exec); False if refused."""
     try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
+        if level:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level))
+        elif os.sched_getscheduler(0) != os.SCHED_OTHER:
             os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-    except (OSError, AttributeError) as exc:
-        log.warning("could not return a thread to normal scheduling: %s", exc)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def describe_this_thread() -> str:
+    if os.sched_getscheduler(0) == os.SCHED_FIFO:
+        return f"real-time priority {os.sched_getparam(0).sched_priority}"
+    return "normal priority"
