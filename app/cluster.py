@@ -263,12 +263,11 @@ class Cluster:
             wanted = self.realtime.get(kind_of(name))
             while process is not None and process.poll() is None:
                 try:
-                    policy = os.sched_getscheduler(process.pid)
-                    level = os.sched_getparam(process.pid).sched_priority
+                    level = priority.level_of(process.pid)
                 except OSError:  # it ended meanwhile
                     break
-                seen[name] = f"FIFO {level}" if policy == os.SCHED_FIFO else "normal"
-                if not wanted or policy == os.SCHED_FIFO or time.monotonic() > deadline:
+                seen[name] = f"FIFO {level}" if level else "normal"
+                if not wanted or level or time.monotonic() > deadline:
                     break
                 time.sleep(0.01)
         return seen

@@ -63,8 +63,9 @@ def request(priority: int, spin_limit_s: float = SPIN_LIMIT) -> bool:
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
     except (OSError, AttributeError) as exc:
+        kept = level_of(0)
         log.warning("real-time priority %d refused (%s): running at %s", priority, exc,
-                    describe_this_thread())
+                    f"real-time priority {kept}" if kept else "normal priority")
         return False
     _guard_against_spinning(spin_limit_s)
     log.info("running at real-time priority %d (SCHED_FIFO)", priority)
@@ -110,7 +111,9 @@ def set_for_this_thread(level: int) -> bool:
     return True
 
 
-def describe_this_thread() -> str:
-    if os.sched_getscheduler(0) == os.SCHED_FIFO:
-        return f"real-time priority {os.sched_getparam(0).sched_priority}"
-    return "normal priority"
+def level_of(tid: int) -> int:
+    """The SCHED_FIFO priority of a thread or process (0: this one), 0 if it is not
+    real-time; raises OSError if it does not exist."""
+    if os.sched_getscheduler(tid) != os.SCHED_FIFO:
+        return 0
+    return os.sched_getparam(tid).sched_priority
